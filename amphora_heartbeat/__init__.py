@@ -1,0 +1,39 @@
+"""amphora_heartbeat: the heartbeat path of load-balancer control planes.
+
+Wrap and unwrap Octavia-compatible heartbeat envelopes, parse them into an
+immutable model tree, and (in submodules) receive, judge and store them.
+"""
+
+from __future__ import annotations
+
+from .envelope import Codec, Digest, Unwrapper, get_hmac, unwrap_envelope, wrap_envelope
+from .errors import HeartbeatError
+from .models import (
+    Heartbeat,
+    Limits,
+    ListenerReport,
+    ListenerStats,
+    MemberKind,
+    MemberStatus,
+    PoolReport,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "Digest",
+    "Heartbeat",
+    "HeartbeatError",
+    "Limits",
+    "ListenerReport",
+    "ListenerStats",
+    "MemberKind",
+    "MemberStatus",
+    "PoolReport",
+    "Unwrapper",
+    "__version__",
+    "get_hmac",
+    "unwrap_envelope",
+    "wrap_envelope",
+]

@@ -1,0 +1,106 @@
+"""Typed rejections for heartbeats that arrive from the network.
+
+Every reason a packet can be refused has one subclass of :class:`HeartbeatError`
+with a stable :attr:`~HeartbeatError.reason` string, used as a counter name
+(``rejected.<reason>``) by the getter, the asyncio adapter and the health manager.
+
+Bad input from the network raises only this family.  A caller's own mistakes
+(a wrong argument type, a negative limit) raise ordinary :class:`TypeError` or
+:class:`ValueError`, and the operating system's problems stay :class:`OSError`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "REASONS",
+    "HeartbeatError",
+    "InvalidHMACError",
+    "MalformedError",
+    "NotDecompressibleError",
+    "NotJSONError",
+    "NotObjectError",
+    "TooLargeError",
+    "TooShortError",
+]
+
+
+class HeartbeatError(Exception):
+    """Refuse a heartbeat packet or message that came from the network.
+
+    Catch this one class to handle every rejection; read :attr:`reason` to tell
+    them apart without matching on class names.
+    """
+
+    #: Stable, machine-readable name of the rejection (a counter name).
+    reason: ClassVar[str] = "invalid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TooShortError(HeartbeatError):
+    """Refuse an envelope too short to hold a payload and a trailer."""
+
+    reason = "too_short"
+
+
+class InvalidHMACError(HeartbeatError):
+    """Refuse an envelope whose trailer matches no key (or is no digest at all)."""
+
+    reason = "invalid_hmac"
+
+
+class NotDecompressibleError(HeartbeatError):
+    """Refuse an authenticated payload that is neither a valid zlib nor zstd stream."""
+
+    reason = "not_decompressible"
+
+
+class TooLargeError(HeartbeatError):
+    """Refuse a payload that would inflate beyond the configured size cap."""
+
+    reason = "too_large"
+
+
+class NotJSONError(HeartbeatError):
+    """Refuse a decompressed payload that is not UTF-8 JSON a parser can read safely."""
+
+    reason = "not_json"
+
+
+class NotObjectError(HeartbeatError):
+    """Refuse a JSON document whose top level is not an object."""
+
+    reason = "not_object"
+
+
+class MalformedError(HeartbeatError):
+    """Refuse a message with a wrong type, a missing field or a value over a limit.
+
+    :attr:`path` names the offending place, e.g. ``listeners.<id>.stats.rx``.
+    """
+
+    reason = "malformed"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+#: Every rejection reason, in the order a packet meets the checks.
+REASONS: tuple[str, ...] = tuple(
+    cls.reason
+    for cls in (
+        TooShortError,
+        InvalidHMACError,
+        NotDecompressibleError,
+        TooLargeError,
+        NotJSONError,
+        NotObjectError,
+        MalformedError,
+    )
+)

@@ -1,0 +1,435 @@
+"""The heartbeat model tree: what one amphora reports, parsed from every message version.
+
+:meth:`Heartbeat.from_dict` validates a decoded message in one pass and builds an
+immutable, normalised tree: the same shape whatever the message version (0, 1, 2
+or 3), pools flattened and keyed by pool id, members always a mapping.
+:meth:`Heartbeat.to_dict` writes the tree back in its version's wire shape.
+
+Statuses are kept as the raw strings the amphora sent; any string is valid
+here, and :mod:`amphora_heartbeat.rules` decides what each one means.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import MalformedError
+
+__all__ = [
+    "Heartbeat",
+    "Limits",
+    "ListenerReport",
+    "ListenerStats",
+    "MemberKind",
+    "MemberStatus",
+    "PoolReport",
+]
+
+# Column limits of the tables heartbeat counters end up in: BIGINT counters and a
+# 32-bit active_connections.  A value beyond them could never be stored.
+_MAX_COUNTER = (1 << 63) - 1
+_MAX_CONNS = (1 << 31) - 1
+_MAX_SEQ = (1 << 63) - 1
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds on one heartbeat's contents; a message beyond any is ``malformed``.
+
+    The defaults are far above what a real load balancer reports (Octavia puts
+    no bound at all; its datagrams are at most 64 KiB compressed) and low enough
+    that one message cannot make a receiver build millions of objects.
+    """
+
+    #: Most listeners in one heartbeat.
+    max_listeners: int = 1024
+    #: Most pools in one heartbeat (all listeners together).
+    max_pools: int = 2048
+    #: Most members in one pool.
+    max_members: int = 8192
+    #: Longest amphora, listener, pool or member id, and pool key, in characters.
+    max_id_length: int = 255
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+@attrs.frozen
+class ListenerStats:
+    """Traffic counters of one listener, with Octavia's column names.
+
+    In version 3 messages every counter but ``active_connections`` is a delta
+    since the previous heartbeat; in older versions all are absolute.
+    """
+
+    #: Bytes received (the wire's ``rx``).
+    bytes_in: int = 0
+    #: Bytes sent (``tx``).
+    bytes_out: int = 0
+    #: Connections open now (``conns``); always absolute.
+    active_connections: int = 0
+    #: Connections accepted (``totconns``).
+    total_connections: int = 0
+    #: Request errors (``ereq``).
+    request_errors: int = 0
+
+    def __add__(self, other: ListenerStats) -> ListenerStats:
+        """Return the field-by-field sum of two sets of counters."""
+        if not isinstance(other, ListenerStats):
+            return NotImplemented
+        return ListenerStats(
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+            self.active_connections + other.active_connections,
+            self.total_connections + other.total_connections,
+            self.request_errors + other.request_errors,
+        )
+
+    def to_wire(self) -> dict[str, int]:
+        """Return the counters under their wire names (``tx``, ``rx``, ...)."""
+        return {
+            "tx": self.bytes_out,
+            "rx": self.bytes_in,
+            "conns": self.active_connections,
+            "totconns": self.total_connections,
+            "ereq": self.request_errors,
+        }
+
+
+class MemberKind(enum.Enum):
+    """What a member status string means, whatever its exact spelling."""
+
+    UP = "UP"
+    DOWN = "DOWN"
+    DRAIN = "DRAIN"
+    MAINT = "MAINT"
+    NO_CHECK = "no check"
+    RESTARTING = "RESTARTING"
+    UNKNOWN = "UNKNOWN"
+
+
+def _member_kind(raw: str) -> MemberKind:
+    # Transitional HAProxy states such as "UP 1/3" or "DOWN 2/3" count by prefix.
+    if raw.startswith("UP"):
+        return MemberKind.UP
+    if raw.startswith("DOWN"):
+        return MemberKind.DOWN
+    if raw == "DRAIN":
+        return MemberKind.DRAIN
+    if raw == "MAINT":
+        return MemberKind.MAINT
+    if raw == "no check":
+        return MemberKind.NO_CHECK
+    if raw == "RESTARTING":
+        return MemberKind.RESTARTING
+    return MemberKind.UNKNOWN
+
+
+@attrs.frozen
+class MemberStatus:
+    """One member's reported status: the raw string and what it means."""
+
+    #: The string the amphora sent, e.g. ``"UP"``, ``"DOWN 2/3"``, ``"no check"``.
+    raw: str
+    #: Its meaning; :attr:`MemberKind.UNKNOWN` for strings Octavia does not know.
+    kind: MemberKind
+
+    @classmethod
+    def parse(cls, raw: str) -> MemberStatus:
+        """Return the status for ``raw`` (shared instances for common strings)."""
+        status = _MEMBER_CACHE.get(raw)
+        if status is None:
+            status = cls(raw, _member_kind(raw))
+            if len(_MEMBER_CACHE) < _MEMBER_CACHE_SIZE:
+                _MEMBER_CACHE[raw] = status
+        return status
+
+
+# Member status strings repeat endlessly; sharing instances saves an object per
+# member.  Bounded so hostile messages cannot grow it without limit.
+_MEMBER_CACHE_SIZE = 256
+_MEMBER_CACHE: dict[str, MemberStatus] = {}
+
+
+@attrs.frozen(kw_only=True)
+class PoolReport:
+    """One pool as reported: its status and each member's status."""
+
+    #: The pool id (the key up to its last ``:``).
+    pool_id: str
+    #: The listener the pool is reported for, or None when the key names none.
+    listener_id: str | None
+    #: ``"UP"``/``"DOWN"`` as sent, or None when the pool entry has no status.
+    status: str | None
+    #: Member id to reported status.
+    members: Mapping[str, MemberStatus]
+    #: The key the pool had on the wire (``"<pool_id>:<listener_id>"`` or bare).
+    key: str = attrs.field(eq=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the pool entry in wire shape (members as a mapping)."""
+        entry: dict[str, Any] = {}
+        if self.status is not None:
+            entry["status"] = self.status
+        entry["members"] = {mid: m.raw for mid, m in self.members.items()}
+        return entry
+
+
+@attrs.frozen(kw_only=True)
+class ListenerReport:
+    """One listener as reported: status, traffic counters and its pools."""
+
+    listener_id: str
+    #: ``"OPEN"`` or ``"FULL"`` from a healthy amphora; any string is kept.
+    status: str
+    stats: ListenerStats
+    #: The pools reported for this listener, keyed by pool id.
+    pools: Mapping[str, PoolReport]
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat:
+    """One heartbeat: which amphora, which message, and what it reports.
+
+    Build it with :meth:`from_dict`; equality ignores :attr:`recv_time`.
+    """
+
+    #: The amphora's id (the message's ``id``).
+    amphora_id: str
+    #: Sequence number, counting from 0 at the agent's start.
+    seq: int = 0
+    #: The message version (``ver``); 0 when the key is absent.
+    version: int = 0
+    #: Whether the message had a ``ver`` key at all (the pre-versioning rule needs it).
+    versioned: bool = False
+    #: Reported listeners, keyed by listener id.
+    listeners: Mapping[str, ListenerReport] = attrs.field(factory=dict)
+    #: Every reported pool, keyed by pool id (the last entry wins for a shared id).
+    pools: Mapping[str, PoolReport] = attrs.field(factory=dict)
+    #: When the heartbeat was received, in seconds since the epoch, if known.
+    recv_time: float | None = attrs.field(default=None, eq=False)
+
+    @property
+    def stats_are_deltas(self) -> bool:
+        """Whether the counters are deltas (version 3 and later) rather than absolutes."""
+        return self.version >= 3
+
+    @classmethod
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        recv_time: float | None = None,
+        limits: Limits = _DEFAULT_LIMITS,
+    ) -> Heartbeat:
+        """Validate a decoded message of any version and build its tree.
+
+        :param d: the message, as :func:`~amphora_heartbeat.envelope.unwrap_envelope`
+            returns it.
+        :param recv_time: when it was received (seconds since the epoch).
+        :param limits: bounds on its contents.
+        :raises MalformedError: a wrong type, a missing field or a value over a
+            limit, naming the path of what is wrong.
+        """
+        if not isinstance(d, Mapping):
+            raise MalformedError("", f"a message must be an object, not {type(d).__name__}")
+        return _parse(cls, d, recv_time, limits)
+
+    def with_recv_time(self, recv_time: float | None) -> Heartbeat:
+        """Return this heartbeat stamped with another receive time."""
+        return attrs.evolve(self, recv_time=recv_time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the message in its own version's wire shape.
+
+        Members come out as mappings and every listener carries all five
+        counters; ``recv_time`` is not part of the message.
+        """
+        message: dict[str, Any] = {"id": self.amphora_id, "seq": self.seq}
+        if self.versioned:
+            message["ver"] = self.version
+        nested = self.version < 2
+        listeners: dict[str, Any] = {}
+        for lid, listener in self.listeners.items():
+            entry: dict[str, Any] = {"status": listener.status, "stats": listener.stats.to_wire()}
+            if nested:
+                entry["pools"] = {p.key: p.to_dict() for p in listener.pools.values()}
+            listeners[lid] = entry
+        message["listeners"] = listeners
+        if not nested:
+            message["pools"] = {p.key: p.to_dict() for p in self.pools.values()}
+        return message
+
+
+# --- parsing -------------------------------------------------------------------------
+# One explicit validation pass that builds the tree as it goes; no validators on
+# the classes, so a heartbeat costs only its object constructions.
+
+
+def _count(value: Any, path: str, maximum: int) -> int:
+    if type(value) is not int or value < 0 or value > maximum:
+        raise MalformedError(
+            path, f"expected a non-negative integer up to {maximum}, got {value!r:.40}"
+        )
+    return value
+
+
+def _check_id(value: str, path: str, limits: Limits) -> None:
+    if len(value) > limits.max_id_length:
+        raise MalformedError(path, f"id longer than {limits.max_id_length} characters")
+
+
+def _stats(raw: Any, path: str) -> ListenerStats:
+    if type(raw) is not dict:
+        raise MalformedError(path, "expected an object of counters")
+    try:
+        rx = raw["rx"]
+        tx = raw["tx"]
+        conns = raw["conns"]
+    except KeyError as exc:
+        raise MalformedError(f"{path}.{exc.args[0]}", "missing counter") from None
+    # Octavia's older documentation example omits totconns and ereq: they count as 0.
+    totconns = raw.get("totconns", 0)
+    ereq = raw.get("ereq", 0)
+    return ListenerStats(
+        _count(rx, path + ".rx", _MAX_COUNTER),
+        _count(tx, path + ".tx", _MAX_COUNTER),
+        _count(conns, path + ".conns", _MAX_CONNS),
+        _count(totconns, path + ".totconns", _MAX_COUNTER),
+        _count(ereq, path + ".ereq", _MAX_COUNTER),
+    )
+
+
+def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
+    if type(raw) is dict:
+        items = raw.items()
+    elif type(raw) is list:
+        # The list-of-one-key-objects form of Octavia's older documentation.
+        merged: dict[str, Any] = {}
+        for i, item in enumerate(raw):
+            if type(item) is not dict:
+                raise MalformedError(f"{path}[{i}]", "expected an object of member statuses")
+            merged.update(item)
+            if len(merged) > limits.max_members:
+                break
+        items = merged.items()
+    else:
+        raise MalformedError(path, "expected an object (or a list of objects) of member statuses")
+    if len(items) > limits.max_members:
+        raise MalformedError(path, f"more than {limits.max_members} members")
+    parse = MemberStatus.parse
+    members = {}
+    max_id = limits.max_id_length
+    for mid, status in items:
+        if type(status) is not str:
+            raise MalformedError(f"{path}.{mid:.64}", "expected a status string")
+        if len(mid) > max_id:
+            _check_id(mid, f"{path}.{mid:.64}", limits)
+        members[mid] = parse(status)
+    return members
+
+
+def _pool(key: str, raw: Any, listener_id: str | None, path: str, limits: Limits) -> PoolReport:
+    if type(raw) is not dict:
+        raise MalformedError(path, "expected a pool object")
+    _check_id(key, path, limits)
+    status = raw.get("status")
+    if status is not None and type(status) is not str:
+        raise MalformedError(path + ".status", "expected a status string")
+    if "members" not in raw:
+        raise MalformedError(path + ".members", "missing")
+    pool_id, sep, _ = key.rpartition(":")
+    if not sep:
+        pool_id = key
+    return PoolReport(
+        pool_id=pool_id,
+        listener_id=listener_id,
+        status=status,
+        members=_members(raw["members"], path + ".members", limits),
+        key=key,
+    )
+
+
+def _pools_object(raw: Any, path: str, limits: Limits) -> dict[str, Any]:
+    if type(raw) is not dict:
+        raise MalformedError(path, "expected an object of pools")
+    if len(raw) > limits.max_pools:
+        raise MalformedError(path, f"more than {limits.max_pools} pools")
+    return raw
+
+
+def _parse(
+    cls: type[Heartbeat], d: Mapping[str, Any], recv_time: float | None, limits: Limits
+) -> Heartbeat:
+    amphora_id = d.get("id")
+    if type(amphora_id) is not str or not amphora_id:
+        raise MalformedError("id", "expected a non-empty amphora id string")
+    _check_id(amphora_id, "id", limits)
+    seq = _count(d.get("seq", 0), "seq", _MAX_SEQ)
+    versioned = "ver" in d
+    version = _count(d["ver"], "ver", _MAX_SEQ) if versioned else 0
+    raw_listeners = d.get("listeners")
+    if type(raw_listeners) is not dict:
+        raise MalformedError("listeners", "expected an object of listeners")
+    if len(raw_listeners) > limits.max_listeners:
+        raise MalformedError("listeners", f"more than {limits.max_listeners} listeners")
+
+    nested = version < 2
+    pools: dict[str, PoolReport] = {}
+    listeners: dict[str, ListenerReport] = {}
+    owned: dict[str, dict[str, PoolReport]] = {}
+    total_pools = 0
+    for lid, raw in raw_listeners.items():
+        path = "listeners." + lid[:64]
+        if type(raw) is not dict:
+            raise MalformedError(path, "expected a listener object")
+        _check_id(lid, path, limits)
+        status = raw.get("status")
+        if type(status) is not str:
+            raise MalformedError(path + ".status", "expected a status string")
+        if "stats" not in raw:
+            raise MalformedError(path + ".stats", "missing")
+        stats = _stats(raw["stats"], path + ".stats")
+        own: dict[str, PoolReport] = {}
+        owned[lid] = own
+        if nested:
+            raw_pools = raw.get("pools")
+            if raw_pools is not None:
+                raw_pools = _pools_object(raw_pools, path + ".pools", limits)
+                total_pools += len(raw_pools)
+                if total_pools > limits.max_pools:
+                    raise MalformedError(path + ".pools", f"more than {limits.max_pools} pools")
+                for key, praw in raw_pools.items():
+                    pool = _pool(key, praw, lid, f"{path}.pools.{key:.80}", limits)
+                    own[pool.pool_id] = pool
+                    pools[pool.pool_id] = pool
+        listeners[lid] = ListenerReport(listener_id=lid, status=status, stats=stats, pools=own)
+
+    if not nested:
+        if "pools" not in d:
+            raise MalformedError(
+                "pools", f"missing (required from version 2 on, got version {version})"
+            )
+        raw_pools = _pools_object(d["pools"], "pools", limits)
+        for key, praw in raw_pools.items():
+            _, sep, suffix = key.rpartition(":")
+            pool = _pool(key, praw, suffix if sep and suffix else None, f"pools.{key:.80}", limits)
+            pools.pop(pool.pool_id, None)  # the last entry wins, at its own position
+            pools[pool.pool_id] = pool
+        for pool in pools.values():
+            if pool.listener_id is not None and pool.listener_id in owned:
+                owned[pool.listener_id][pool.pool_id] = pool
+
+    return cls(
+        amphora_id=amphora_id,
+        seq=seq,
+        version=version,
+        versioned=versioned,
+        listeners=listeners,
+        pools=pools,
+        recv_time=recv_time,
+    )
