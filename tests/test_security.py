@@ -1,0 +1,364 @@
+"""Each claim of docs/explanation/security.md, tested (the page says so; keep them in step)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+import zstandard
+
+from amphora_heartbeat import (
+    Codec,
+    Digest,
+    Heartbeat,
+    HeartbeatError,
+    Limits,
+    Unwrapper,
+    get_hmac,
+    unwrap_envelope,
+    wrap_envelope,
+)
+from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED
+from amphora_heartbeat.errors import (
+    InvalidHMACError,
+    MalformedError,
+    NotJSONError,
+    TooLargeError,
+)
+from amphora_heartbeat.testing import build_message
+
+KEY = "fleet-key"
+MESSAGE = {"id": "amp-1", "seq": 3, "ver": 3, "listeners": {}, "pools": {}}
+
+
+def _signed(payload: bytes, key: str | bytes = KEY) -> bytes:
+    return payload + get_hmac(payload, key)
+
+
+# --- what the HMAC protects ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("digest", list(Digest))
+def test_every_altered_byte_is_refused(digest: Digest) -> None:
+    """Changing any single byte of payload or trailer makes the packet invalid_hmac."""
+    packet = wrap_envelope(MESSAGE, KEY, digest=digest)
+    for i in range(len(packet)):
+        altered = bytearray(packet)
+        altered[i] ^= 0x01
+        with pytest.raises(InvalidHMACError):
+            unwrap_envelope(bytes(altered), KEY)
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_wrong_key_is_refused(codec: Codec) -> None:
+    """A packet signed with another key is invalid_hmac, for each codec."""
+    with pytest.raises(InvalidHMACError):
+        unwrap_envelope(wrap_envelope(MESSAGE, "other-key", codec=codec), KEY)
+
+
+def test_upper_case_hex_trailer_is_refused() -> None:
+    """An upper-case copy of a valid hex trailer does not verify."""
+    packet = wrap_envelope(MESSAGE, KEY)
+    assert unwrap_envelope(packet, KEY) == MESSAGE
+    with pytest.raises(InvalidHMACError):
+        unwrap_envelope(packet[:-64] + packet[-64:].upper(), KEY)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        zlib.compress(b"[" * 10_000_000, 9),  # a zlib bomb: 10 MB of nesting
+        zstandard.ZstdCompressor().compress(b"\0" * 10_000_000),  # a zstd bomb
+        b"\x78\x9c not zlib at all",  # not decompressible
+    ],
+    ids=["zlib-bomb", "zstd-bomb", "garbage"],
+)
+def test_unauthenticated_payload_never_reaches_the_decompressor(payload: bytes) -> None:
+    """Without the key, bombs and garbage are refused as invalid_hmac, not inspected further."""
+    with pytest.raises(InvalidHMACError):
+        unwrap_envelope(_signed(payload, "attacker-key"), KEY)
+    # With the key, the same payloads would have reached the later checks.
+    with pytest.raises(HeartbeatError) as excinfo:
+        unwrap_envelope(_signed(payload), KEY)
+    assert excinfo.value.reason in {"too_large", "not_decompressible"}
+
+
+# --- what the HMAC does not protect --------------------------------------------------
+
+
+def test_any_key_holder_can_speak_for_any_amphora() -> None:
+    """The fleet key signs heartbeats for every amphora id: the signature names no sender."""
+    for amphora_id in ("amp-1", "amp-2", "someone-else"):
+        message = build_message()
+        message["id"] = amphora_id
+        heartbeat = Heartbeat.from_dict(unwrap_envelope(wrap_envelope(message, KEY), KEY))
+        assert heartbeat.amphora_id == amphora_id
+
+
+def test_payload_is_readable_without_the_key() -> None:
+    """No confidentiality: anyone can decompress the payload and read the message."""
+    message = build_message(member_status="DOWN")
+    packet = wrap_envelope(message, KEY)
+    assert json.loads(zlib.decompress(packet[:-64])) == message
+    zpacket = wrap_envelope(message, KEY, codec=Codec.ZSTD)
+    assert json.loads(zstandard.ZstdDecompressor().decompress(zpacket[:-64])) == message
+
+
+def test_a_captured_packet_is_accepted_again() -> None:
+    """No replay protection in the format: the same datagram unwraps every time it is sent."""
+    packet = wrap_envelope(MESSAGE, KEY)
+    unwrapper = Unwrapper(KEY)
+    assert unwrapper.unwrap(packet) == unwrapper.unwrap(packet) == MESSAGE
+
+
+def test_seq_is_signed() -> None:
+    """seq is covered by the HMAC: a replay cannot be renumbered without the key."""
+    packet = wrap_envelope(MESSAGE, KEY)
+    forged = wrap_envelope(dict(MESSAGE, seq=1_000), "attacker-key")
+    assert unwrap_envelope(packet, KEY)["seq"] == 3
+    with pytest.raises(InvalidHMACError):
+        unwrap_envelope(forged, KEY)
+
+
+# --- key handling --------------------------------------------------------------------
+
+
+def test_unwrapper_repr_hides_keys() -> None:
+    """An Unwrapper's repr shows how many keys it holds, never the keys."""
+    secret = "s3cr3t-key-value"
+    text = repr(Unwrapper([secret, secret.encode() + b"-2"]))
+    assert secret not in text
+    assert "2 key" in text
+
+
+def test_rejections_never_contain_the_key() -> None:
+    """No rejection message names the key, whatever the reason."""
+    secret = "s3cr3t-key-value"
+    packets = [
+        b"short",
+        wrap_envelope(MESSAGE, "other"),
+        _signed(b"\x78 garbage", secret),
+        _signed(zlib.compress(b"x" * (DEFAULT_MAX_DECOMPRESSED + 1)), secret),
+        _signed(zlib.compress(b"{not json"), secret),
+        _signed(zlib.compress(b"[]"), secret),
+    ]
+    for packet in packets:
+        with pytest.raises(HeartbeatError) as excinfo:
+            unwrap_envelope(packet, [secret, secret.encode("utf-16")])
+        assert secret not in str(excinfo.value)
+        assert secret not in repr(excinfo.value)
+
+
+def test_str_key_is_utf8_encoded() -> None:
+    """A str key equals its UTF-8 bytes; other encodings are other keys."""
+    key = "clé-🔑"
+    packet = wrap_envelope(MESSAGE, key)
+    assert unwrap_envelope(packet, key.encode("utf-8")) == MESSAGE
+    assert unwrap_envelope(wrap_envelope(MESSAGE, key.encode("utf-8")), key) == MESSAGE
+    with pytest.raises(InvalidHMACError):
+        unwrap_envelope(packet, "clé".encode("latin-1") + "-🔑".encode())
+
+
+@pytest.mark.parametrize("bad", [None, 42, [b"ok", 3]])
+def test_a_key_of_another_type_is_a_type_error(bad: object) -> None:
+    """A key that is neither str nor bytes fails at construction with TypeError."""
+    with pytest.raises(TypeError):
+        Unwrapper(bad)  # type: ignore[arg-type]
+
+
+def test_an_empty_key_ring_is_a_value_error() -> None:
+    """An empty key ring fails at construction with ValueError."""
+    with pytest.raises(ValueError, match="at least one key"):
+        Unwrapper([])
+
+
+def test_key_ring_accepts_both_keys() -> None:
+    """A key ring verifies packets signed with any of its keys."""
+    ring = Unwrapper(["new", b"old"])
+    assert ring.inspect(wrap_envelope(MESSAGE, "old")).key_index == 1
+    assert ring.inspect(wrap_envelope(MESSAGE, "new")).key_index == 0
+
+
+# --- resource bounds -----------------------------------------------------------------
+
+
+def test_default_decompressed_cap_is_one_mib() -> None:
+    """The default cap on a decompressed payload is 1 MiB."""
+    assert DEFAULT_MAX_DECOMPRESSED == 1 << 20
+    assert Unwrapper(KEY).max_decompressed == 1 << 20
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_payload_at_the_cap_is_accepted_and_one_byte_more_refused(codec: Codec) -> None:
+    """A payload of exactly the cap inflates; one byte beyond is too_large."""
+    cap = 4096
+    head = b'{"id": "amp-1", "listeners": {}, "pad": "'
+    fits = head + b"x" * (cap - len(head) - 2) + b'"}'
+    assert len(fits) == cap
+    over = head + b"x" * (cap - len(head) - 1) + b'"}'
+    compress = zlib.compress if codec is Codec.ZLIB else zstandard.ZstdCompressor().compress
+    unwrapper = Unwrapper(KEY, max_decompressed=cap)
+    assert unwrapper.unwrap(_signed(compress(fits)))["id"] == "amp-1"
+    with pytest.raises(TooLargeError):
+        unwrapper.unwrap(_signed(compress(over)))
+
+
+def test_zstd_frame_declaring_a_huge_size_is_refused_before_inflating() -> None:
+    """A zstd frame whose header declares 2 GiB is too_large without allocating it."""
+    frame = bytearray(zstandard.ZstdCompressor().compress(b"{}"))
+    # Forge the frame header: single-segment flag with an 8-byte content size field.
+    params = zstandard.get_frame_parameters(bytes(frame))
+    assert params.content_size == 2
+    forged = _forge_zstd_content_size(bytes(frame), 2 << 30)
+    assert zstandard.get_frame_parameters(forged).content_size == 2 << 30
+    with pytest.raises(TooLargeError, match="declares"):
+        unwrap_envelope(_signed(forged), KEY)
+
+
+def _forge_zstd_content_size(frame: bytes, size: int) -> bytes:
+    # Frame header: magic (4), descriptor (1), [window descriptor], [dict id], content size.
+    descriptor = frame[4]
+    fcs_flag = descriptor >> 6
+    single_segment = (descriptor >> 5) & 1
+    fcs_len = {0: single_segment, 1: 2, 2: 4, 3: 8}[fcs_flag]
+    start = 5 + (0 if single_segment else 1)
+    body = frame[start + fcs_len :]
+    new_descriptor = (3 << 6) | (1 << 5) | (descriptor & 0x1F & ~(1 << 5))
+    return frame[:4] + bytes([new_descriptor]) + size.to_bytes(8, "little") + body
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b"[" * 200_000 + b"]" * 200_000, b'{"a": ' * 100_000 + b"1" + b"}" * 100_000],
+    ids=["lists", "objects"],
+)
+def test_deep_nesting_is_not_json(document: bytes) -> None:
+    """Nesting deeper than the parser handles is a not_json rejection, not RecursionError."""
+    with pytest.raises(NotJSONError):
+        unwrap_envelope(_signed(zlib.compress(document)), KEY)
+
+
+def test_huge_integer_is_not_json() -> None:
+    """An integer of tens of thousands of digits is a not_json rejection, not ValueError."""
+    document = b'{"id": "amp-1", "seq": ' + b"9" * 50_000 + b', "listeners": {}}'
+    with pytest.raises(NotJSONError):
+        unwrap_envelope(_signed(zlib.compress(document)), KEY)
+
+
+def _listener(**stats: int) -> dict[str, object]:
+    counters = {"rx": 0, "tx": 0, "conns": 0, "totconns": 0, "ereq": 0}
+    counters.update(stats)
+    return {"status": "OPEN", "stats": counters}
+
+
+def test_default_limits() -> None:
+    """The documented defaults: 1024 listeners, 2048 pools, 8192 members, 255-char ids."""
+    assert Limits() == Limits(
+        max_listeners=1024, max_pools=2048, max_members=8192, max_id_length=255
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (
+            Limits(max_listeners=2),
+            {
+                "id": "a",
+                "ver": 3,
+                "pools": {},
+                "listeners": {f"l{i}": _listener() for i in range(3)},
+            },
+        ),
+        (
+            Limits(max_pools=2),
+            {
+                "id": "a",
+                "ver": 3,
+                "listeners": {},
+                "pools": {f"p{i}": {"status": "UP", "members": {}} for i in range(3)},
+            },
+        ),
+        (
+            Limits(max_pools=2),
+            {
+                "id": "a",
+                "ver": 1,
+                "listeners": {
+                    "l1": dict(_listener(), pools={f"p{i}": {"members": {}} for i in range(2)}),
+                    "l2": dict(_listener(), pools={"p9": {"members": {}}}),
+                },
+            },
+        ),
+        (
+            Limits(max_members=3),
+            {
+                "id": "a",
+                "ver": 3,
+                "listeners": {},
+                "pools": {"p": {"status": "UP", "members": {f"m{i}": "UP" for i in range(4)}}},
+            },
+        ),
+        (
+            Limits(max_members=3),
+            {
+                "id": "a",
+                "listeners": {
+                    "l": dict(
+                        _listener(), pools={"p": {"members": [{f"m{i}": "UP"} for i in range(4)]}}
+                    )
+                },
+            },
+        ),
+        (Limits(max_id_length=8), {"id": "a" * 9, "listeners": {}}),
+        (Limits(max_id_length=8), {"id": "a", "listeners": {"l" * 9: _listener()}}),
+        (
+            Limits(max_id_length=8),
+            {"id": "a", "ver": 2, "listeners": {}, "pools": {"p" * 9: {"members": {}}}},
+        ),
+        (
+            Limits(max_id_length=8),
+            {"id": "a", "ver": 2, "listeners": {}, "pools": {"p": {"members": {"m" * 9: "UP"}}}},
+        ),
+    ],
+    ids=[
+        "listeners",
+        "pools-top",
+        "pools-nested",
+        "members",
+        "members-list",
+        "amphora-id",
+        "listener-id",
+        "pool-key",
+        "member-id",
+    ],
+)
+def test_each_limit_is_malformed_beyond_and_configurable(
+    limits: Limits, message: dict[str, object]
+) -> None:
+    """Beyond each Limits bound the message is malformed; the default limits accept it."""
+    with pytest.raises(MalformedError):
+        Heartbeat.from_dict(message, limits=limits)
+    Heartbeat.from_dict(message)
+
+
+@pytest.mark.parametrize(
+    ("counter", "bound"),
+    [
+        ("rx", (1 << 63) - 1),
+        ("tx", (1 << 63) - 1),
+        ("totconns", (1 << 63) - 1),
+        ("ereq", (1 << 63) - 1),
+        ("conns", (1 << 31) - 1),
+    ],
+)
+def test_counters_are_bounded_to_their_columns(counter: str, bound: int) -> None:
+    """A counter at its column's bound parses; one beyond, or negative, is malformed."""
+    for value, ok in ((bound, True), (bound + 1, False), (-1, False)):
+        message = {"id": "a", "listeners": {"l": _listener(**{counter: value})}}
+        if ok:
+            Heartbeat.from_dict(message)
+        else:
+            with pytest.raises(MalformedError, match=counter):
+                Heartbeat.from_dict(message)

@@ -1,0 +1,113 @@
+"""Use the public API as a caller would; checked by ``mypy --strict`` in .ci/run, not run.
+
+A line that must NOT type-check carries ``# type: ignore[code]``: with mypy's
+``warn_unused_ignores`` (part of --strict) the check fails if such a line starts passing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from typing_extensions import assert_type
+
+import amphora_heartbeat
+from amphora_heartbeat import (
+    Codec,
+    Digest,
+    Heartbeat,
+    HeartbeatError,
+    Limits,
+    ListenerReport,
+    ListenerStats,
+    MemberKind,
+    MemberStatus,
+    PoolReport,
+    Unwrapper,
+    get_hmac,
+    unwrap_envelope,
+    wrap_envelope,
+)
+from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED, Unwrapped
+from amphora_heartbeat.errors import REASONS, MalformedError
+from amphora_heartbeat.testing import (
+    AmphoraSpec,
+    build_envelope,
+    build_heartbeat,
+    build_message,
+    make_fleet,
+)
+
+assert_type(amphora_heartbeat.__version__, str)
+
+# --- envelope ------------------------------------------------------------------------
+message: dict[str, Any] = {"id": "amp-1", "seq": 1, "ver": 3, "listeners": {}, "pools": {}}
+datagram = wrap_envelope(message, "key", codec=Codec.ZSTD, digest=Digest.RAW)
+assert_type(datagram, bytes)
+assert_type(wrap_envelope(message, b"raw-key"), bytes)
+assert_type(unwrap_envelope(datagram, "key"), dict[str, Any])
+assert_type(unwrap_envelope(datagram, ["new", b"old"], max_decompressed=4096), dict[str, Any])
+assert_type(get_hmac(b"payload", "key", digest=Digest.HEX), bytes)
+
+unwrapper = Unwrapper(("new", "old"), max_decompressed=DEFAULT_MAX_DECOMPRESSED)
+assert_type(unwrapper.unwrap(datagram), dict[str, Any])
+found = unwrapper.inspect(datagram)
+assert_type(found, Unwrapped)
+assert_type(found.codec, Codec)
+assert_type(found.digest, Digest)
+assert_type(found.key_index, int)
+
+wrap_envelope(42, "key")  # type: ignore[arg-type]
+wrap_envelope(message, 42)  # type: ignore[arg-type]
+wrap_envelope(message, "key", codec="zstd")  # type: ignore[arg-type]
+unwrap_envelope("text", "key")  # type: ignore[arg-type]
+
+# --- models --------------------------------------------------------------------------
+heartbeat = Heartbeat.from_dict(message, recv_time=1.5, limits=Limits(max_members=16))
+assert_type(heartbeat.amphora_id, str)
+assert_type(heartbeat.seq, int)
+assert_type(heartbeat.version, int)
+assert_type(heartbeat.versioned, bool)
+assert_type(heartbeat.recv_time, float | None)
+assert_type(heartbeat.stats_are_deltas, bool)
+assert_type(heartbeat.listeners, Mapping[str, ListenerReport])
+assert_type(heartbeat.pools, Mapping[str, PoolReport])
+assert_type(heartbeat.to_dict(), dict[str, Any])
+assert_type(heartbeat.with_recv_time(2.0), Heartbeat)
+assert_type(wrap_envelope(heartbeat, "key"), bytes)
+
+for listener in heartbeat.listeners.values():
+    assert_type(listener.status, str)
+    assert_type(listener.stats, ListenerStats)
+    assert_type(listener.stats.bytes_in + listener.stats.bytes_out, int)
+    assert_type(listener.stats + ListenerStats(), ListenerStats)
+    assert_type(listener.stats.to_wire(), dict[str, int])
+for pool in heartbeat.pools.values():
+    assert_type(pool.status, str | None)
+    assert_type(pool.listener_id, str | None)
+    for member in pool.members.values():
+        assert_type(member, MemberStatus)
+        assert_type(member.kind, MemberKind)
+        assert_type(member.raw, str)
+
+heartbeat.seq = 2  # type: ignore[misc]
+Heartbeat.from_dict(message, recv_time="now")  # type: ignore[arg-type]
+
+# --- errors --------------------------------------------------------------------------
+try:
+    unwrap_envelope(datagram, "key")
+except MalformedError as exc:
+    assert_type(exc.path, str)
+except HeartbeatError as exc:
+    assert_type(exc.reason, str)
+    assert_type(exc.message, str)
+assert_type(REASONS, tuple[str, ...])
+
+# --- testing -------------------------------------------------------------------------
+fleet = make_fleet(3, seed=1, listeners=2, pools=2, members=4)
+assert_type(fleet, list[AmphoraSpec])
+assert_type(fleet[0].message(seq=1, member_status={"m": "DOWN"}), dict[str, Any])
+assert_type(fleet[0].view(), dict[str, Any])
+assert_type(build_message(version=2), dict[str, Any])
+assert_type(build_heartbeat(version=0, recv_time=1.0), Heartbeat)
+assert_type(build_envelope(key="k", codec=Codec.ZSTD), bytes)
