@@ -1,0 +1,401 @@
+"""Tests of the fleet load generator: real loopback sockets, real envelopes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from amphora_heartbeat.envelope import Codec, Digest, Unwrapper
+from amphora_heartbeat.fleet import (
+    Fleet,
+    FleetProgress,
+    add_arguments,
+    parse_target,
+    run_fleet,
+)
+from amphora_heartbeat.models import Heartbeat, MemberKind
+from amphora_heartbeat.testing import make_fleet
+
+KEY = "fleet-test-key"
+DEADLINE = 10.0
+
+
+class Receiver:
+    """A UDP socket on 127.0.0.1 that collects datagrams in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.packets: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def target(self) -> str:
+        host, port = self.sock.getsockname()
+        return f"{host}:{port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.packets.append(self.sock.recv(65536))
+            except TimeoutError:
+                continue
+
+    def wait_for(self, count: int) -> list[bytes]:
+        deadline = time.monotonic() + DEADLINE
+        while len(self.packets) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return list(self.packets)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[Receiver]]:
+    made = [Receiver(), Receiver()]
+    yield made
+    for r in made:
+        r.close()
+
+
+def parse(packets: list[bytes]) -> list[Heartbeat]:
+    unwrapper = Unwrapper(KEY)
+    return [Heartbeat.from_dict(unwrapper.unwrap(p)) for p in packets]
+
+
+def test_parse_target_forms() -> None:
+    """IPv4, bracketed IPv6 and bare IPv6 (split at the last colon) all parse."""
+    assert parse_target("127.0.0.1:5555") == ("127.0.0.1", 5555)
+    assert parse_target("[::1]:5555") == ("::1", 5555)
+    assert parse_target("::1:5555") == ("::1", 5555)
+    for bad in ("127.0.0.1", "127.0.0.1:", ":5555", "[::1]5555", "1.2.3.4:70000", "a:b"):
+        with pytest.raises(ValueError, match="IP:PORT"):
+            parse_target(bad)
+
+
+def test_fleet_sends_valid_version_3_heartbeats(receivers: list[Receiver]) -> None:
+    """Every datagram verifies and parses as version 3, each amphora's seq counts 0, 1, 2."""
+    rx = receivers[0]
+    summary = run_fleet([rx.target], KEY, amphorae=5, rate=500, count=15, flapping=0)
+    assert summary.sent == 15
+    assert summary.send_errors == 0
+    assert not summary.prebuilt
+    heartbeats = parse(rx.wait_for(15))
+    assert len(heartbeats) == 15
+    assert {h.version for h in heartbeats} == {3}
+    ids = {a.amphora_id for a in make_fleet(5)}
+    seqs: dict[str, list[int]] = {}
+    for h in heartbeats:
+        seqs.setdefault(h.amphora_id, []).append(h.seq)
+        assert len(h.listeners) == 2
+        assert len(h.pools) == 2
+        assert all(len(p.members) == 4 for p in h.pools.values())
+        assert all(m.kind is MemberKind.UP for p in h.pools.values() for m in p.members.values())
+    assert set(seqs) == ids
+    assert all(s == [0, 1, 2] for s in seqs.values())
+
+
+def test_round_robin_over_two_receivers(receivers: list[Receiver]) -> None:
+    """Each amphora alternates between the two controllers, as the agent does."""
+    a, b = receivers
+    summary = run_fleet([a.target, b.target], KEY, amphorae=4, rate=1000, count=16)
+    assert summary.per_target == (8, 8)
+    got_a = parse(a.wait_for(8))
+    got_b = parse(b.wait_for(8))
+    assert len(got_a) == len(got_b) == 8
+    where = {(h.amphora_id, h.seq): "a" for h in got_a} | {
+        (h.amphora_id, h.seq): "b" for h in got_b
+    }
+    for amphora in make_fleet(4):
+        order = [where[(amphora.amphora_id, seq)] for seq in range(4)]
+        assert order in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+
+
+def test_silent_fraction_goes_quiet_after_the_first_round(receivers: list[Receiver]) -> None:
+    """Silent amphorae are heard once, then never again; the others keep sending."""
+    rx = receivers[0]
+    summary = run_fleet([rx.target], KEY, amphorae=10, rate=1000, count=40, silent=0.3)
+    assert len(summary.silent_ids) == 3
+    heartbeats = parse(rx.wait_for(40))
+    assert len(heartbeats) == 40
+    counts: dict[str, int] = {}
+    for h in heartbeats:
+        counts[h.amphora_id] = counts.get(h.amphora_id, 0) + 1
+    assert all(counts[i] == 1 for i in summary.silent_ids)
+    # 40 packets: one round of 10, then 30 from the 7 speaking amphorae.
+    others = [n for i, n in counts.items() if i not in summary.silent_ids]
+    assert len(others) == 7
+    assert sum(others) == 37
+
+
+def test_all_silent_ends_the_run(receivers: list[Receiver]) -> None:
+    """When every amphora falls silent the run ends after its first round."""
+    summary = run_fleet([receivers[0].target], KEY, amphorae=3, rate=1000, silent=1.0)
+    assert summary.sent == 3
+
+
+def test_members_flap_between_up_and_down(receivers: list[Receiver]) -> None:
+    """With every amphora flapping, one member per amphora goes DOWN and comes back UP."""
+    rx = receivers[0]
+    run_fleet([rx.target], KEY, amphorae=2, rate=1000, count=12, flapping=1.0)
+    heartbeats = parse(rx.wait_for(12))
+    for amphora_id in {h.amphora_id for h in heartbeats}:
+        downs = [
+            sum(m.kind is MemberKind.DOWN for p in h.pools.values() for m in p.members.values())
+            for h in sorted(heartbeats, key=lambda h: h.seq)
+            if h.amphora_id == amphora_id
+        ]
+        assert downs == [0, 0, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3])
+def test_message_versions(receivers: list[Receiver], version: int) -> None:
+    """Every message version parses as that version, with its pools."""
+    rx = receivers[0]
+    run_fleet([rx.target], KEY, amphorae=2, rate=1000, count=2, message_version=version)
+    heartbeats = parse(rx.wait_for(2))
+    assert [h.version for h in heartbeats] == [version, version]
+    assert [h.versioned for h in heartbeats] == [version > 0] * 2
+    assert all(len(h.pools) == 2 for h in heartbeats)
+
+
+def test_prebuilt_ring_wraps_seq_and_uses_codec_and_digest(receivers: list[Receiver]) -> None:
+    """Pre-built packets cycle through `variants` seq values, with the chosen codec and trailer."""
+    rx = receivers[0]
+    summary = run_fleet(
+        [rx.target],
+        KEY,
+        amphorae=1,
+        rate=math.inf,
+        count=7,
+        prebuilt=True,
+        variants=3,
+        codec=Codec.ZSTD,
+        digest=Digest.RAW,
+    )
+    assert summary.prebuilt
+    assert summary.variants == 3
+    assert math.isinf(summary.target_rate)
+    assert summary.to_dict()["target_rate"] is None
+    packets = rx.wait_for(7)
+    unwrapper = Unwrapper(KEY)
+    found = [unwrapper.inspect(p) for p in packets]
+    assert {(u.codec, u.digest) for u in found} == {(Codec.ZSTD, Digest.RAW)}
+    assert [u.message["seq"] for u in found] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_high_rate_chooses_prebuilt(receivers: list[Receiver]) -> None:
+    """Above the fresh-build rate the packets are pre-built by default."""
+    summary = run_fleet([receivers[0].target], KEY, amphorae=2, rate=50_000, count=4, variants=2)
+    assert summary.prebuilt
+    assert summary.build_seconds > 0
+
+
+def test_duration_and_stop_end_the_run(receivers: list[Receiver]) -> None:
+    """A duration ends a slow run on time, and a set stop event ends it at once."""
+    target = receivers[0].target
+    start = time.monotonic()
+    summary = run_fleet([target], KEY, amphorae=2, interval=100.0, duration=0.3)
+    assert time.monotonic() - start < DEADLINE
+    # The two amphorae are spread over the interval: only the first is due yet.
+    assert summary.sent == 1
+    stop = threading.Event()
+    stop.set()
+    assert run_fleet([target], KEY, amphorae=2, rate=10, stop=stop).sent == 0
+
+
+def test_progress_is_reported(receivers: list[Receiver]) -> None:
+    """The progress callback sees the counts grow and the last report matches the summary."""
+    reports: list[FleetProgress] = []
+    summary = run_fleet(
+        [receivers[0].target],
+        KEY,
+        amphorae=3,
+        rate=200,
+        count=20,
+        progress=reports.append,
+        progress_interval=0.01,
+    )
+    assert len(reports) >= 2
+    assert reports[-1].sent == summary.sent == 20
+    assert [r.sent for r in reports] == sorted(r.sent for r in reports)
+    assert reports[-1].rate > 0
+
+
+def test_send_errors_are_counted_not_raised() -> None:
+    """A send the OS refuses is counted, as the agent does, and the run goes on."""
+    # Port 0 is not a valid destination: sendto fails with an OSError each time.
+    summary = run_fleet(["127.0.0.1:0"], KEY, amphorae=2, rate=1000, count=3)
+    assert summary.sent == 3
+    assert summary.send_errors == 3
+    assert summary.per_target == (0,)
+
+
+def test_invalid_arguments() -> None:
+    """Contradictory or impossible settings are the caller's ValueError."""
+    target = ["127.0.0.1:9"]
+    with pytest.raises(ValueError, match="either"):
+        run_fleet(target, KEY, amphorae=1, rate=1, interval=1)
+    with pytest.raises(ValueError, match="target"):
+        run_fleet([], KEY, amphorae=1)
+    with pytest.raises(ValueError, match="rate"):
+        run_fleet(target, KEY, amphorae=1, rate=0)
+    with pytest.raises(ValueError, match="interval"):
+        run_fleet(target, KEY, amphorae=1, interval=-1)
+    with pytest.raises(ValueError, match="variants"):
+        run_fleet(target, KEY, amphorae=1, variants=0)
+    with pytest.raises(ValueError, match="amphora"):
+        Fleet(0, KEY)
+    with pytest.raises(ValueError, match="version"):
+        Fleet(1, KEY, message_version=4)
+    with pytest.raises(ValueError, match="fraction"):
+        Fleet(1, KEY, silent=1.5)
+
+
+def test_fleet_signs_with_the_first_key_of_a_ring() -> None:
+    """With a key ring the first key signs, so a receiver holding only it verifies."""
+    fleet = Fleet(1, ["new", "old"])
+    Unwrapper("new").unwrap(fleet.packet(0, 5))
+
+
+def test_add_arguments_parses_the_issue_options() -> None:
+    """The documented options parse, `--rate max` meaning as fast as possible."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("--to", "127.0.0.1:1,[::1]:2", "--key-file", "f", "--amphorae", "5"),
+            *("--listeners", "1", "--pools", "3", "--members", "2", "--rate", "max"),
+            *("--duration", "2", "--codec", "zstd", "--silent", "0.5", "--message-version", "1"),
+        ]
+    )
+    assert math.isinf(args.rate)
+    assert (args.listeners, args.pools, args.members, args.codec) == (1, 3, 2, "zstd")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "1", "--interval", "1"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--silent", "2"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "-3"])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "amphora_heartbeat.fleet", *args]
+
+
+def test_cli_sends_and_prints_json_summary(receivers: list[Receiver], tmp_path: Path) -> None:
+    """The command sends the requested count, reads the key file, and prints a JSON summary."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n", encoding="utf-8")
+    a, b = receivers
+    out = subprocess.run(
+        _cli(
+            "--to",
+            f"{a.target},{b.target}",
+            "--key-file",
+            str(key_file),
+            "--amphorae",
+            "3",
+            "--rate",
+            "500",
+            "--count",
+            "6",
+            "--progress-interval",
+            "0.01",
+            "--json",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    summary = json.loads(out.stdout)
+    assert summary["sent"] == 6
+    assert summary["per_target"] == [3, 3]
+    assert "sent 6" in out.stderr
+    assert len(parse(a.wait_for(3) + b.wait_for(3))) == 6
+    assert KEY not in out.stdout + out.stderr
+
+
+def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver]) -> None:
+    """AMPHORA_HEARTBEAT_KEY supplies the key; without --json the summary is one line."""
+    rx = receivers[0]
+    env = dict(os.environ, AMPHORA_HEARTBEAT_KEY=KEY)
+    out = subprocess.run(
+        _cli("--to", rx.target, "--amphorae", "2", "--count", "2", "--interval", "0.01"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.startswith("sent 2 heartbeats from 2 amphorae")
+    assert len(parse(rx.wait_for(2))) == 2
+
+
+def test_cli_without_key_fails_clearly(receivers: list[Receiver]) -> None:
+    """No key anywhere: a non-zero exit and a message saying how to give one."""
+    env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
+    out = subprocess.run(
+        _cli("--to", receivers[0].target, "--amphorae", "1", "--count", "1"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode != 0
+    assert "key" in out.stderr
+
+
+def test_cli_stops_cleanly_on_sigterm(receivers: list[Receiver]) -> None:
+    """SIGTERM ends an endless run with exit status 0 and a final summary."""
+    env = dict(os.environ, AMPHORA_HEARTBEAT_KEY=KEY)
+    proc = subprocess.Popen(
+        _cli(
+            "--to",
+            receivers[0].target,
+            "--amphorae",
+            "2",
+            "--rate",
+            "100",
+            "--progress-interval",
+            "0.01",
+            "--json",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        # Readiness: the first progress line means the send loop is running.
+        assert proc.stderr.readline().startswith("sent ")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert json.loads(out)["sent"] >= 0
