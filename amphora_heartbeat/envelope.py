@@ -161,8 +161,11 @@ def wrap_envelope(
 
     if isinstance(obj, Heartbeat):
         message: Mapping[str, Any] = obj.to_dict()
-    elif isinstance(obj, Mapping):
+    elif isinstance(obj, dict):
         message = obj
+    elif isinstance(obj, Mapping):
+        # json.dumps serialises only dicts; keep the mapping's own key order.
+        message = dict(obj)
     else:
         raise TypeError(f"wrap_envelope needs a mapping or a Heartbeat, not {type(obj).__name__}")
     payload = _compress(json.dumps(message).encode("utf-8"), codec)
@@ -206,7 +209,11 @@ class Unwrapper:
     _dctx: zstandard.ZstdDecompressor
 
     def __init__(self, key: KeyRing, *, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> None:
-        if not isinstance(max_decompressed, int) or max_decompressed < 1:
+        if not isinstance(max_decompressed, int) or isinstance(max_decompressed, bool):
+            raise TypeError(
+                f"max_decompressed must be an int, not {type(max_decompressed).__name__}"
+            )
+        if max_decompressed < 1:
             raise ValueError("max_decompressed must be a positive number of bytes")
         self.keys = _encode_keys(key)
         self.max_decompressed = max_decompressed
@@ -271,35 +278,50 @@ class Unwrapper:
     def _inflate_zstd(self, payload: bytes, cap: int) -> bytes:
         try:
             size = zstandard.get_frame_parameters(payload).content_size
-            if size != _ZSTD_UNKNOWN_SIZE:
-                # decompress() trusts the declared size and ignores any output
-                # limit, so check the declaration before allocating anything.
-                if size > cap:
-                    raise TooLargeError(
-                        f"zstd frame declares {size} bytes, beyond the cap of {cap} bytes"
-                    )
-                return self._dctx.decompress(payload)
-            chunks = []
-            total = 0
+        except zstandard.ZstdError as exc:
+            raise NotDecompressibleError(f"payload is not a valid zstd frame: {exc}") from None
+        if size != _ZSTD_UNKNOWN_SIZE and size > cap:
+            # decompress() trusts the declared size and ignores any output
+            # limit, so check the declaration before allocating anything.
+            raise TooLargeError(f"zstd frame declares {size} bytes, beyond the cap of {cap} bytes")
+        try:
+            # With a declared size this allocates exactly that (at most cap);
+            # without one, max_output_size bounds the allocation.  Either way
+            # only the first frame is read: later bytes are ignored, as for zlib.
+            data = self._dctx.decompress(payload, max_output_size=cap + 1)
+        except zstandard.ZstdError as exc:
+            if size == _ZSTD_UNKNOWN_SIZE and self._inflates_beyond(payload, cap):
+                raise TooLargeError(f"payload inflates beyond the cap of {cap} bytes") from None
+            raise NotDecompressibleError(f"payload is not a valid zstd frame: {exc}") from None
+        if len(data) > cap:
+            raise TooLargeError(f"payload inflates beyond the cap of {cap} bytes")
+        return data
+
+    def _inflates_beyond(self, payload: bytes, cap: int) -> bool:
+        """Tell whether a frame that failed to decompress yields over ``cap`` bytes first."""
+        # decompress() reports a frame that outgrows max_output_size and a
+        # truncated or corrupt one alike; a bounded stream read tells them apart.
+        total = 0
+        try:
             with self._dctx.stream_reader(payload) as reader:
                 while total <= cap:
                     chunk = reader.read(cap + 1 - total)
                     if not chunk:
                         break
-                    chunks.append(chunk)
                     total += len(chunk)
-        except zstandard.ZstdError as exc:
-            raise NotDecompressibleError(f"payload is not a valid zstd frame: {exc}") from None
-        if total > cap:
-            raise TooLargeError(f"payload inflates beyond the cap of {cap} bytes")
-        return b"".join(chunks)
+        except zstandard.ZstdError:
+            pass
+        return total > cap
 
 
 def _loads(data: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(data)
+        # Decode strictly first: json.loads(bytes) would also take UTF-16/32,
+        # a byte-order mark and encoded surrogates, none of which is UTF-8 JSON.
+        message = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
-        # ValueError covers bad JSON, bad UTF-8 and over-long integers.
+        # ValueError covers bad JSON, bad UTF-8 and over-long integers;
+        # RecursionError, nesting deeper than the parser's stack allows.
         raise NotJSONError(f"payload is not valid JSON: {type(exc).__name__}: {exc}") from None
     if type(message) is not dict:
         raise NotObjectError(f"message is a JSON {type(message).__name__}, not an object")

@@ -86,6 +86,10 @@ class MalformedError(HeartbeatError):
     reason = "malformed"
 
     def __init__(self, path: str, problem: str) -> None:
+        # Paths hold ids the sender chose: escape what could forge a log line
+        # (newlines, control characters) or break an encoder (lone surrogates).
+        if not path.isprintable():
+            path = path.encode("unicode_escape").decode("ascii")
         super().__init__(f"{path}: {problem}" if path else problem)
         self.path = path
         self.problem = problem

@@ -281,6 +281,13 @@ def _count(value: Any, path: str, maximum: int) -> int:
 def _check_id(value: str, path: str, limits: Limits) -> None:
     if len(value) > limits.max_id_length:
         raise MalformedError(path, f"id longer than {limits.max_id_length} characters")
+    if not value.isascii():
+        # JSON may spell a lone surrogate ("\\ud800"); such an id could never be
+        # encoded for a database or a log file, so refuse it here.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedError(path, "id is not valid Unicode text") from None
 
 
 def _stats(raw: Any, path: str) -> ListenerStats:
@@ -327,7 +334,7 @@ def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
     for mid, status in items:
         if type(status) is not str:
             raise MalformedError(f"{path}.{mid:.64}", "expected a status string")
-        if len(mid) > max_id:
+        if len(mid) > max_id or not mid.isascii():
             _check_id(mid, f"{path}.{mid:.64}", limits)
         members[mid] = parse(status)
     return members
