@@ -1,0 +1,898 @@
+"""The health manager's database side: batched reads and writes over Octavia's tables.
+
+A :class:`Store` reads the controller's view of every amphora heard in a tick in
+one statement, and writes everything the tick decided in one transaction. Two
+implementations share one set of portable SQL statements:
+
+* :class:`SQLiteStore` — the standard library's :mod:`sqlite3`, in WAL mode; the
+  embedded default for one manager;
+* :class:`PostgresStore` — psycopg 3 (the optional ``postgres`` extra, imported
+  only when this class is used), for several managers sharing one database.
+
+Tables and columns carry the names Octavia's own schema gives them
+(``amphora_health.last_update``, ``listener_statistics.bytes_in``, ...), so the
+statements run unchanged against a database made by Octavia. Time columns hold
+naive UTC, as Octavia's do; the store's methods take and return seconds since the
+epoch. :meth:`create_schema` makes just those tables for a new database, and
+nothing at all where they exist.
+
+What is engine-specific (placeholders, the id-set parameter, row locking, time
+values, connection handling) lives in the two store classes only; a MySQL store
+would override the same few hooks and the two ``ON CONFLICT`` upserts.
+
+A store object is not thread-safe: one thread (the manager's loop) uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+from .models import ListenerStats
+
+if TYPE_CHECKING:
+    from .testing import AmphoraSpec
+
+__all__ = [
+    "ELIGIBLE_AMPHORA_STATUSES",
+    "FAILOVER_LB_STATUSES",
+    "OPERATING_STATUSES",
+    "PROVISIONING_STATUSES",
+    "TABLES",
+    "PostgresStore",
+    "SQLiteStore",
+    "StatsUpsert",
+    "Store",
+    "StoreError",
+    "StoredView",
+    "TickWrite",
+    "open_store",
+]
+
+log = logging.getLogger("amphora_heartbeat.store")
+
+#: Operating statuses (Octavia's ``operating_status`` lookup table).
+OPERATING_STATUSES = ("ONLINE", "OFFLINE", "DEGRADED", "ERROR", "NO_MONITOR", "DRAINING")
+#: Provisioning statuses (``provisioning_status``), amphora statuses included.
+PROVISIONING_STATUSES = (
+    "ACTIVE",
+    "PENDING_CREATE",
+    "PENDING_UPDATE",
+    "PENDING_DELETE",
+    "DELETED",
+    "ERROR",
+    "READY",
+    "BOOTING",
+    "ALLOCATED",
+    "FAILOVER_STOPPED",
+)
+#: Amphora statuses that may be failed over.
+ELIGIBLE_AMPHORA_STATUSES = ("ALLOCATED", "FAILOVER_STOPPED")
+#: Load-balancer provisioning statuses a failover may start from (Octavia sets the
+#: load balancer to PENDING_UPDATE only from these).
+FAILOVER_LB_STATUSES = ("ACTIVE", "ERROR")
+
+#: The tables :meth:`Store.create_schema` makes, in creation order.
+TABLES = (
+    "operating_status",
+    "provisioning_status",
+    "load_balancer",
+    "listener",
+    "pool",
+    "member",
+    "amphora",
+    "amphora_health",
+    "listener_statistics",
+)
+
+# No column has a server default, as in Octavia's schema: what works here works
+# there, where every INSERT must name every NOT NULL column.
+_DDL: dict[str, tuple[str, ...]] = {
+    "operating_status": (
+        "CREATE TABLE operating_status (name VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " description VARCHAR(255))",
+    ),
+    "provisioning_status": (
+        "CREATE TABLE provisioning_status (name VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " description VARCHAR(255))",
+    ),
+    "load_balancer": (
+        "CREATE TABLE load_balancer ("
+        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " enabled BOOLEAN NOT NULL,"
+        " provisioning_status VARCHAR(16) NOT NULL REFERENCES provisioning_status (name),"
+        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
+        " updated_at TIMESTAMP)",
+    ),
+    "listener": (
+        "CREATE TABLE listener ("
+        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
+        " enabled BOOLEAN NOT NULL,"
+        " protocol VARCHAR(16) NOT NULL,"
+        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
+        " default_pool_id VARCHAR(36),"
+        " updated_at TIMESTAMP)",
+        "CREATE INDEX ix_listener_load_balancer_id ON listener (load_balancer_id)",
+    ),
+    "pool": (
+        "CREATE TABLE pool ("
+        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
+        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
+        " updated_at TIMESTAMP)",
+        "CREATE INDEX ix_pool_load_balancer_id ON pool (load_balancer_id)",
+    ),
+    "member": (
+        "CREATE TABLE member ("
+        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " pool_id VARCHAR(36) NOT NULL REFERENCES pool (id),"
+        " enabled BOOLEAN NOT NULL,"
+        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
+        " updated_at TIMESTAMP)",
+        "CREATE INDEX ix_member_pool_id ON member (pool_id)",
+    ),
+    "amphora": (
+        "CREATE TABLE amphora ("
+        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
+        " status VARCHAR(36) REFERENCES provisioning_status (name),"
+        " lb_network_ip VARCHAR(64),"
+        " updated_at TIMESTAMP)",
+        "CREATE INDEX ix_amphora_load_balancer_id ON amphora (load_balancer_id)",
+    ),
+    "amphora_health": (
+        "CREATE TABLE amphora_health ("
+        " amphora_id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " last_update TIMESTAMP NOT NULL,"
+        " busy BOOLEAN NOT NULL)",
+    ),
+    "listener_statistics": (
+        "CREATE TABLE listener_statistics ("
+        " listener_id VARCHAR(36) NOT NULL,"
+        " amphora_id VARCHAR(36) NOT NULL,"
+        " bytes_in BIGINT NOT NULL,"
+        " bytes_out BIGINT NOT NULL,"
+        " active_connections INTEGER NOT NULL,"
+        " total_connections BIGINT NOT NULL,"
+        " request_errors BIGINT NOT NULL,"
+        " PRIMARY KEY (listener_id, amphora_id))",
+    ),
+}
+
+_LOOKUPS = {"operating_status": OPERATING_STATUSES, "provisioning_status": PROVISIONING_STATUSES}
+
+# The view of every amphora in a set, as one statement: one row for the amphora
+# and its load balancer (kind 0), one per listener (kind 1), one per pool and
+# member (kind 2). A UNION rather than one wide join, so that listeners and pools
+# do not multiply each other. {ids} is the engine's "in this set of ids" test.
+_LIVE = "a.status <> 'DELETED' AND lb.provisioning_status <> 'DELETED'"
+_VIEW_SQL = (
+    "SELECT a.id, 0, a.status, lb.id, lb.enabled, lb.provisioning_status,"
+    " lb.operating_status, a.lb_network_ip"
+    " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    f" WHERE a.id {{ids}} AND {_LIVE}"
+    " UNION ALL"
+    " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL"
+    " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " JOIN listener l ON l.load_balancer_id = lb.id"
+    f" WHERE a.id {{ids}} AND {_LIVE}"
+    " UNION ALL"
+    " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL"
+    " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " JOIN pool p ON p.load_balancer_id = lb.id LEFT JOIN member m ON m.pool_id = p.id"
+    f" WHERE a.id {{ids}} AND {_LIVE}"
+)
+
+_HEALTH_UPSERT = (
+    "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
+    " ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE"
+    " WHEN excluded.last_update > amphora_health.last_update THEN excluded.last_update"
+    " ELSE amphora_health.last_update END"
+)
+_STATS_COLUMNS = "bytes_in, bytes_out, active_connections, total_connections, request_errors"
+_STATS_INSERT = (
+    f"INSERT INTO listener_statistics (listener_id, amphora_id, {_STATS_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (listener_id, amphora_id) DO UPDATE SET "
+)
+_STATS_REPLACE = _STATS_INSERT + ", ".join(
+    f"{c} = excluded.{c}" for c in _STATS_COLUMNS.split(", ")
+)
+_STATS_ADD = _STATS_INSERT + ", ".join(
+    f"{c} = excluded.{c}"
+    if c == "active_connections"
+    else f"{c} = listener_statistics.{c} + excluded.{c}"
+    for c in _STATS_COLUMNS.split(", ")
+)
+_STATUS_UPDATE = {
+    table: f"UPDATE {table} SET operating_status = ?, updated_at = ? WHERE id = ?"
+    for table in ("load_balancer", "listener", "pool", "member")
+}
+_REALLOCATE = (
+    "UPDATE amphora SET status = 'ALLOCATED', updated_at = ?"
+    " WHERE id = ? AND status = 'FAILOVER_STOPPED'"
+)
+_STOP = (
+    "UPDATE amphora SET status = 'FAILOVER_STOPPED', updated_at = ?"
+    " WHERE id = ? AND status = 'ALLOCATED'"
+)
+_ELIGIBLE = (
+    "FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
+    " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " WHERE h.busy = false AND h.last_update < ?"
+    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
+)
+_STALE = "SELECT h.amphora_id " + _ELIGIBLE + " ORDER BY h.amphora_id"
+# {lock} is the engine's row-lock clause: with several managers each stale row
+# is claimed (marked busy) by exactly one of them.
+_CLAIM = (
+    "UPDATE amphora_health SET busy = true WHERE amphora_id IN ("
+    "SELECT h.amphora_id " + _ELIGIBLE + " AND h.amphora_id {ids}"
+    " AND lb.provisioning_status IN ('ACTIVE', 'ERROR') {lock})"
+    " RETURNING amphora_id"
+)
+
+
+class StoreError(Exception):
+    """Report that the database could not be read or written (the operation was undone)."""
+
+
+@attrs.frozen
+class StoredView:
+    """What the database says about one live amphora: its status and its load balancer."""
+
+    amphora_id: str
+    #: The amphora's ``status`` (``ALLOCATED``, ``FAILOVER_STOPPED``, ...).
+    amphora_status: str
+    load_balancer_id: str
+    #: The rules' view mapping (rules.md): load balancer, ``listeners``, ``pools``.
+    view: Mapping[str, Any]
+    #: UDP listeners whose default pool is missing, empty, or has no enabled member.
+    udp_listeners_down: frozenset[str] = frozenset()
+    #: The address heartbeats of this amphora come from (``lb_network_ip``), if known.
+    lb_network_ip: str | None = None
+
+
+@attrs.frozen
+class StatsUpsert:
+    """One ``listener_statistics`` row to write: replace it, or add to it."""
+
+    listener_id: str
+    amphora_id: str
+    stats: ListenerStats
+    #: Add the counters to the stored row (deltas; ``active_connections`` is
+    #: still replaced) rather than replacing it; without a stored row both insert.
+    add: bool
+
+
+@attrs.frozen(kw_only=True)
+class TickWrite:
+    """Everything one tick decided, written by :meth:`Store.write_tick` in one transaction."""
+
+    #: Seconds since the epoch, stored as every written row's ``updated_at``.
+    now: float
+    #: Amphora id to the receive time (seconds since the epoch) of its newest
+    #: recorded heartbeat: ``amphora_health.last_update`` (never moved backwards).
+    health: Mapping[str, float] = attrs.field(factory=dict)
+    #: New operating statuses, by id, per table.
+    load_balancers: Mapping[str, str] = attrs.field(factory=dict)
+    listeners: Mapping[str, str] = attrs.field(factory=dict)
+    pools: Mapping[str, str] = attrs.field(factory=dict)
+    members: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``listener_statistics`` rows, at most one per (listener id, amphora id).
+    stats: Sequence[StatsUpsert] = ()
+    #: Amphorae that reported while ``FAILOVER_STOPPED``: back to ``ALLOCATED``.
+    reallocated: Collection[str] = ()
+
+    def __len__(self) -> int:
+        """Return the number of rows this write touches at most."""
+        return (
+            len(self.health)
+            + len(self.load_balancers)
+            + len(self.listeners)
+            + len(self.pools)
+            + len(self.members)
+            + len(self.stats)
+            + len(self.reallocated)
+        )
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The database operations the health manager needs; see :class:`SQLiteStore`."""
+
+    def create_schema(self) -> list[str]:
+        """Create the missing tables (and their lookup values); return their names."""
+        ...
+
+    def read_views(self, amphora_ids: Collection[str]) -> dict[str, StoredView]:
+        """Return the view of each live amphora among ``amphora_ids``, in one statement."""
+        ...
+
+    def write_tick(self, write: TickWrite) -> int:
+        """Write one tick in one transaction; return the number of rows written."""
+        ...
+
+    def stale_amphorae(self, cutoff: float) -> list[str]:
+        """Return eligible amphorae not busy whose last heartbeat is before ``cutoff``."""
+        ...
+
+    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
+        """Mark busy those of ``amphora_ids`` still stale at ``cutoff``; return them."""
+        ...
+
+    def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
+        """Mark ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``."""
+        ...
+
+    def finish_failover(self, amphora_id: str, *, succeeded: bool) -> None:
+        """Delete the amphora's health row (success) or clear its busy flag (failure)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+def _utc(epoch: float) -> datetime.datetime:
+    """Return a naive UTC datetime for ``epoch`` seconds, as Octavia stores time."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _epoch(value: datetime.datetime) -> float:
+    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
+    """Fold the view statement's tagged rows into one :class:`StoredView` per amphora."""
+    heads: dict[str, tuple[str, str, dict[str, Any], str | None]] = {}
+    listeners: dict[str, dict[str, Any]] = {}
+    defaults: dict[str, dict[str, str | None]] = {}
+    pools: dict[str, dict[str, Any]] = {}
+    enabled_members: dict[str, dict[str, int]] = {}
+    for amp, kind, c3, c4, c5, c6, c7, c8 in rows:
+        if kind == 0:
+            view = {
+                "id": c4,
+                "enabled": bool(c5),
+                "provisioning_status": c6,
+                "operating_status": c7,
+            }
+            heads[amp] = (c3, c4, view, c8)
+        elif kind == 1:
+            listeners.setdefault(amp, {})[c3] = {
+                "operating_status": c6,
+                "protocol": c4,
+                "enabled": bool(c5),
+            }
+            defaults.setdefault(amp, {})[c3] = c7
+        else:
+            pool = pools.setdefault(amp, {}).setdefault(c3, {"operating_status": c4, "members": {}})
+            counts = enabled_members.setdefault(amp, {})
+            counts.setdefault(c3, 0)
+            if c7 is not None:  # a pool without members has one row, member NULL
+                pool["members"][c7] = {"operating_status": c6}
+                if c5:
+                    counts[c3] += 1
+    views = {}
+    for amp, (status, lb_id, view, ip) in heads.items():
+        down: set[str] = set()
+        if amp in listeners:
+            view["listeners"] = listeners[amp]
+            counts = enabled_members.get(amp, {})
+            for lid, entry in listeners[amp].items():
+                # The pre-versioning rule: a UDP listener whose default pool is
+                # missing, empty or has no enabled member counts as down.
+                if entry["protocol"] == "UDP" and not counts.get(defaults[amp][lid] or "", 0):
+                    down.add(lid)
+        if amp in pools:
+            view["pools"] = pools[amp]
+        views[amp] = StoredView(amp, status, lb_id, view, frozenset(down), ip)
+    return views
+
+
+class _SQLStore:
+    """The statements both engines share; subclasses supply the engine hooks."""
+
+    #: The "in this set of ids" test of the engine; one placeholder, see :meth:`_id_set`.
+    _IDS: ClassVar[str]
+    #: The engine's clause that locks claimed rows, skipping rows locked by others.
+    _LOCK: ClassVar[str] = ""
+
+    # --- engine hooks ------------------------------------------------------------------
+    def _sql(self, statement: str) -> str:
+        return statement
+
+    def _id_set(self, ids: Collection[str]) -> Any:
+        raise NotImplementedError
+
+    def _time(self, epoch: float) -> Any:
+        return _utc(epoch)
+
+    def _from_time(self, value: Any) -> float:
+        return _epoch(value)
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield
+
+    # --- the store ---------------------------------------------------------------------
+    def create_schema(self) -> list[str]:
+        """Create the tables that do not exist yet, and the lookup values of new ones.
+
+        On a database that already has them (one made by Octavia included)
+        nothing is created and no lookup value is inserted.  Return the names of
+        the tables created.
+        """
+        created = []
+        with self._transaction() as cur:
+            for table in TABLES:
+                if self._table_exists(cur, table):
+                    continue
+                for ddl in _DDL[table]:
+                    cur.execute(ddl)
+                if table in _LOOKUPS:
+                    cur.executemany(
+                        self._sql(f"INSERT INTO {table} (name, description) VALUES (?, ?)"),
+                        [(name, None) for name in _LOOKUPS[table]],
+                    )
+                created.append(table)
+        if created:
+            log.info("created tables: %s", ", ".join(created))
+        return created
+
+    def read_views(self, amphora_ids: Collection[str]) -> dict[str, StoredView]:
+        """Return the view of every live amphora among ``amphora_ids``, in one statement.
+
+        An amphora missing from the result is unknown, or its load balancer or
+        itself is ``DELETED``: its view is empty.
+        """
+        if not amphora_ids:
+            return {}
+        ids = list(dict.fromkeys(amphora_ids))
+        param = self._id_set(ids)
+        with self._reading() as cur:
+            cur.execute(self._sql(_VIEW_SQL.format(ids=self._IDS)), (param, param, param))
+            rows = cur.fetchall()
+        return _build_views(rows)
+
+    def write_tick(self, write: TickWrite) -> int:
+        """Write everything one tick decided, in one transaction; return the rows written.
+
+        Rows are written in a fixed table order and sorted by key, so that
+        managers writing the same rows at once wait for each other instead of
+        deadlocking.
+        """
+        now = self._time(write.now)
+        rows = 0
+        with self._transaction() as cur:
+            if write.health:
+                params = [(a, self._time(t), False) for a, t in sorted(write.health.items())]
+                cur.executemany(self._sql(_HEALTH_UPSERT), params)
+                rows += len(params)
+            if write.reallocated:
+                params2 = [(now, a) for a in sorted(write.reallocated)]
+                cur.executemany(self._sql(_REALLOCATE), params2)
+                rows += len(params2)
+            for table, changes in (
+                ("load_balancer", write.load_balancers),
+                ("listener", write.listeners),
+                ("pool", write.pools),
+                ("member", write.members),
+            ):
+                if changes:
+                    params3 = [(status, now, i) for i, status in sorted(changes.items())]
+                    cur.executemany(self._sql(_STATUS_UPDATE[table]), params3)
+                    rows += len(params3)
+            rows += self._write_stats(cur, write.stats)
+        return rows
+
+    def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
+        ordered = sorted(upserts, key=lambda u: (u.listener_id, u.amphora_id))
+        for add in (False, True):
+            params = [
+                (
+                    u.listener_id,
+                    u.amphora_id,
+                    u.stats.bytes_in,
+                    u.stats.bytes_out,
+                    u.stats.active_connections,
+                    u.stats.total_connections,
+                    u.stats.request_errors,
+                )
+                for u in ordered
+                if u.add is add
+            ]
+            if params:
+                cur.executemany(self._sql(_STATS_ADD if add else _STATS_REPLACE), params)
+        return len(ordered)
+
+    def stale_amphorae(self, cutoff: float) -> list[str]:
+        """Return the failover candidates at ``cutoff`` (seconds since the epoch).
+
+        Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
+        of a load balancer, not busy, whose ``last_update`` is before ``cutoff``;
+        sorted by id.  Rows of other managers count too: the database holds them all.
+        """
+        with self._reading() as cur:
+            cur.execute(self._sql(_STALE), (self._time(cutoff),))
+            return [row[0] for row in cur.fetchall()]
+
+    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
+        """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
+
+        Only amphorae whose load balancer is ``ACTIVE`` or ``ERROR`` are claimed
+        (a failover moves it to ``PENDING_UPDATE``; any other status means
+        someone else is changing it: the amphora waits for the next check).  With
+        several managers each amphora is claimed by exactly one.
+        """
+        if not amphora_ids:
+            return []
+        statement = self._sql(_CLAIM.format(ids=self._IDS, lock=self._LOCK))
+        with self._transaction() as cur:
+            cur.execute(statement, (self._time(cutoff), self._id_set(sorted(amphora_ids))))
+            return sorted(row[0] for row in cur.fetchall())
+
+    def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
+        """Mark the ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``.
+
+        Return how many were changed (the others were stopped already).
+        """
+        if not amphora_ids:
+            return 0
+        changed = 0
+        with self._transaction() as cur:
+            stamp = self._time(now)
+            for amphora_id in sorted(amphora_ids):
+                cur.execute(self._sql(_STOP), (stamp, amphora_id))
+                changed += max(cur.rowcount, 0)
+        return changed
+
+    def finish_failover(self, amphora_id: str, *, succeeded: bool) -> None:
+        """Record a failover's end.
+
+        Success deletes the amphora's ``amphora_health`` row, as Octavia's
+        failover does; failure clears ``busy`` so that the next check retries it.
+        """
+        with self._transaction() as cur:
+            if succeeded:
+                cur.execute(
+                    self._sql("DELETE FROM amphora_health WHERE amphora_id = ?"), (amphora_id,)
+                )
+            else:
+                cur.execute(
+                    self._sql("UPDATE amphora_health SET busy = false WHERE amphora_id = ?"),
+                    (amphora_id,),
+                )
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers a trivial query."""
+        with self._reading() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+
+    # --- for tests, the demo and the benchmark -----------------------------------------
+    def read_health(self) -> dict[str, tuple[float, bool]]:
+        """Return every ``amphora_health`` row: amphora id to (last_update, busy)."""
+        with self._reading() as cur:
+            cur.execute("SELECT amphora_id, last_update, busy FROM amphora_health")
+            return {a: (self._from_time(t), bool(b)) for a, t, b in cur.fetchall()}
+
+    def read_statistics(self) -> dict[tuple[str, str], ListenerStats]:
+        """Return every ``listener_statistics`` row, keyed by (listener id, amphora id)."""
+        with self._reading() as cur:
+            cur.execute(
+                f"SELECT listener_id, amphora_id, {_STATS_COLUMNS} FROM listener_statistics"
+            )
+            return {(r[0], r[1]): ListenerStats(*r[2:]) for r in cur.fetchall()}
+
+    def read_amphora_statuses(self) -> dict[str, str]:
+        """Return every amphora's ``status``, by amphora id."""
+        with self._reading() as cur:
+            cur.execute("SELECT id, status FROM amphora")
+            return dict(cur.fetchall())
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one portable statement (``?`` placeholders) in its own transaction.
+
+        Return the rows it produced (none for most writes).  For tests and tools.
+        """
+        with self._transaction() as cur:
+            cur.execute(self._sql(statement), tuple(params))
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+    def add_fleet(
+        self,
+        fleet: Sequence[AmphoraSpec],
+        *,
+        now: float | None = None,
+        amphora_status: str = "ALLOCATED",
+        operating_status: str = "ONLINE",
+        lb_network_ip: Callable[[int], str] | None = None,
+    ) -> int:
+        """Insert a simulated fleet: each amphora and its load balancer's tree.
+
+        Every load balancer is enabled and ``ACTIVE``; every listener, pool and
+        member enabled and ``operating_status``; each listener's default pool is
+        its first.  ``lb_network_ip(i)`` gives the i-th amphora's address (none
+        by default).  Fills a database made by :meth:`create_schema` (one made by
+        Octavia has more NOT NULL columns).  Return the number of rows inserted.
+        """
+        stamp = self._time(time.time() if now is None else now)
+        lbs: list[tuple[Any, ...]] = []
+        listeners: list[tuple[Any, ...]] = []
+        pools: list[tuple[Any, ...]] = []
+        members: list[tuple[Any, ...]] = []
+        amphorae: list[tuple[Any, ...]] = []
+        for i, amp in enumerate(fleet):
+            lbs.append((amp.load_balancer_id, True, "ACTIVE", operating_status, stamp))
+            for lst in amp.listeners:
+                default = lst.pools[0].pool_id if lst.pools else None
+                listeners.append(
+                    (
+                        lst.listener_id,
+                        amp.load_balancer_id,
+                        True,
+                        lst.protocol,
+                        operating_status,
+                        default,
+                        stamp,
+                    )
+                )
+                for pool in lst.pools:
+                    pools.append((pool.pool_id, amp.load_balancer_id, operating_status, stamp))
+                    members.extend(
+                        (m, pool.pool_id, True, operating_status, stamp) for m in pool.members
+                    )
+            ip = lb_network_ip(i) if lb_network_ip else None
+            amphorae.append((amp.amphora_id, amp.load_balancer_id, amphora_status, ip, stamp))
+        inserts = (
+            ("load_balancer (id, enabled, provisioning_status, operating_status, updated_at)", lbs),
+            (
+                "listener (id, load_balancer_id, enabled, protocol, operating_status,"
+                " default_pool_id, updated_at)",
+                listeners,
+            ),
+            ("pool (id, load_balancer_id, operating_status, updated_at)", pools),
+            ("member (id, pool_id, enabled, operating_status, updated_at)", members),
+            ("amphora (id, load_balancer_id, status, lb_network_ip, updated_at)", amphorae),
+        )
+        with self._transaction() as cur:
+            for into, params in inserts:
+                if params:
+                    marks = ", ".join("?" * len(params[0]))
+                    cur.executemany(self._sql(f"INSERT INTO {into} VALUES ({marks})"), params)
+        return sum(len(p) for _, p in inserts)
+
+
+class SQLiteStore(_SQLStore):
+    """A store in one SQLite file (standard library :mod:`sqlite3`, WAL mode).
+
+    The embedded default, for one manager.  ``timeout`` (seconds) is how long a
+    write waits for another process's lock.  Time columns hold naive UTC text in
+    the form SQLAlchemy writes (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts as
+    time does.
+    """
+
+    _IDS = "IN (SELECT value FROM json_each(?))"
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        """Open (or create) the database file at ``path``; ``":memory:"`` works too."""
+        self.path = path
+        try:
+            # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE), so a
+            # write never has to upgrade a read lock and fail.
+            self._conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _id_set(self, ids: Collection[str]) -> Any:
+        return json.dumps(list(ids))
+
+    def _time(self, epoch: float) -> Any:
+        return _utc(epoch).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def _from_time(self, value: Any) -> float:
+        return _epoch(datetime.datetime.fromisoformat(value))
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return cur.fetchone() is not None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+            raise StoreError(f"SQLite: {exc}") from exc
+        finally:
+            cur.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        try:
+            yield cur
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        """Close the database file."""
+        self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+
+class PostgresStore(_SQLStore):
+    """A store in a PostgreSQL database (psycopg 3: ``pip install 'amphora_heartbeat[postgres]'``).
+
+    For several managers sharing one database: failover candidates are claimed
+    with ``FOR UPDATE SKIP LOCKED``, so each stale amphora is failed over by
+    exactly one manager.  The connection is opened on first use and reopened
+    after a failure; every failure raises :class:`StoreError` with the
+    operation undone.  ``connect_timeout`` is in seconds.
+    """
+
+    _IDS = "= ANY(?)"
+    _LOCK = "FOR UPDATE OF h SKIP LOCKED"
+    #: How many times a tick that lost a deadlock is retried before giving up.
+    deadlock_retries = 3
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
+        """Remember ``dsn`` (a ``postgresql://`` URL or key=value string); connect lazily."""
+        try:
+            import psycopg  # noqa: PLC0415 - an optional extra, imported only when used
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ImportError(
+                "PostgresStore needs psycopg 3: pip install 'amphora_heartbeat[postgres]'"
+            ) from exc
+        self._psycopg = psycopg
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._conn: Any = None
+        self._statements: dict[str, str] = {}
+
+    def _sql(self, statement: str) -> str:
+        converted = self._statements.get(statement)
+        if converted is None:
+            converted = self._statements[statement] = statement.replace("?", "%s")
+        return converted
+
+    def _id_set(self, ids: Collection[str]) -> Any:
+        return list(ids)
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute("SELECT to_regclass(%s)", (table,))
+        row = cur.fetchone()
+        return row is not None and row[0] is not None
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._conn = None
+            conn = self._psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                application_name="amphora_heartbeat",
+            )
+            self._conn = conn
+        return conn
+
+    def _failed(self, exc: Exception) -> StoreError:
+        conn = self._conn
+        if conn is not None and (conn.broken or isinstance(exc, self._psycopg.OperationalError)):
+            # A lost server: drop the connection, the next call opens a new one.
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+        return StoreError(f"PostgreSQL: {exc}".strip())
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        psycopg = self._psycopg
+        try:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        psycopg = self._psycopg
+        try:
+            with self._connection().cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+
+    def write_tick(self, write: TickWrite) -> int:
+        """Write one tick in one transaction (see :meth:`SQLiteStore.write_tick`).
+
+        A transaction chosen as a deadlock victim is retried (a few times, after
+        a short random pause); it was rolled back, so nothing is written twice.
+        """
+        errors = self._psycopg.errors
+        for attempt in range(self.deadlock_retries + 1):
+            try:
+                return super().write_tick(write)
+            except StoreError as exc:
+                lost = isinstance(
+                    exc.__cause__, (errors.DeadlockDetected, errors.SerializationFailure)
+                )
+                if not lost or attempt == self.deadlock_retries:
+                    raise
+                log.info("tick write lost a deadlock; retrying")
+                time.sleep(random.uniform(0.001, 0.02))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __repr__(self) -> str:
+        return "PostgresStore(<dsn>)"
+
+
+def open_store(url: str) -> SQLiteStore | PostgresStore:
+    """Open the store a ``--db`` URL names.
+
+    ``sqlite:///PATH`` (``sqlite:////abs/path`` for an absolute path, as
+    SQLAlchemy spells it; ``sqlite:///:memory:`` too) or a plain file path opens
+    a :class:`SQLiteStore`; ``postgresql://...`` (or ``postgres://``) a
+    :class:`PostgresStore`.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if not path.startswith("/"):
+            raise ValueError(f"expected sqlite:///PATH, got {url!r}")
+        path = path[1:] or ":memory:"
+        return SQLiteStore(path)
+    if "://" in url:
+        raise ValueError(f"unsupported database URL scheme: {url.partition('://')[0]!r}")
+    return SQLiteStore(url)

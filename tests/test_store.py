@@ -1,0 +1,485 @@
+"""Tests of amphora_heartbeat.store, each on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from typing import Any
+
+import _pg
+import pytest
+
+from amphora_heartbeat.models import ListenerStats
+from amphora_heartbeat.store import (
+    OPERATING_STATUSES,
+    PROVISIONING_STATUSES,
+    TABLES,
+    PostgresStore,
+    SQLiteStore,
+    StatsUpsert,
+    Store,
+    StoredView,
+    StoreError,
+    TickWrite,
+    open_store,
+)
+from amphora_heartbeat.testing import make_fleet
+
+pg_server = _pg.pg_server
+pg_dsn = _pg.pg_dsn
+db_url = _pg.db_url
+store = _pg.store
+
+AnyStore = SQLiteStore | PostgresStore
+NOW = 1_800_000_000.0  # seconds since the epoch, 2027-01-15
+
+
+def _utc(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _naive(value: Any) -> datetime.datetime:
+    """Return a time column's value as a naive datetime, whatever the engine."""
+    if isinstance(value, str):
+        return datetime.datetime.fromisoformat(value)
+    assert isinstance(value, datetime.datetime)
+    return value
+
+
+def _count(store: AnyStore, table: str) -> int:
+    return int(store.execute(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+# --- schema --------------------------------------------------------------------------
+
+
+def test_create_schema_makes_every_table_and_lookup_value(store: AnyStore) -> None:
+    """A new database gets Octavia's tables and both status lookup tables' values."""
+    for table in TABLES:
+        _count(store, table)  # raises if the table is missing
+    names = {r[0] for r in store.execute("SELECT name FROM operating_status")}
+    assert names == set(OPERATING_STATUSES)
+    names = {r[0] for r in store.execute("SELECT name FROM provisioning_status")}
+    assert names == set(PROVISIONING_STATUSES)
+    assert isinstance(store, Store)
+
+
+def test_create_schema_on_existing_tables_creates_and_inserts_nothing(store: AnyStore) -> None:
+    """On a database that has the tables, nothing is created and no lookup value inserted."""
+    store.execute("DELETE FROM operating_status WHERE name = 'DRAINING'")
+    assert store.create_schema() == []
+    assert _count(store, "operating_status") == len(OPERATING_STATUSES) - 1
+
+
+def test_create_schema_declares_no_server_default(store: AnyStore) -> None:
+    """Every INSERT must name every NOT NULL column: one that omits busy fails."""
+    with pytest.raises(StoreError):
+        store.execute(
+            "INSERT INTO amphora_health (amphora_id, last_update) VALUES (?, ?)",
+            ["a", "2027-01-01 00:00:00.000000"],
+        )
+
+
+# --- views ---------------------------------------------------------------------------
+
+
+def test_read_views_returns_the_rules_view_of_each_amphora(store: AnyStore) -> None:
+    """One read returns, per amphora, exactly the mapping AmphoraSpec.view() describes."""
+    fleet = make_fleet(5, seed=3)
+    store.add_fleet(fleet, lb_network_ip=lambda i: f"192.0.2.{i}")
+    views = store.read_views([a.amphora_id for a in fleet])
+    assert set(views) == {a.amphora_id for a in fleet}
+    for i, amp in enumerate(fleet):
+        got = views[amp.amphora_id]
+        assert got.view == amp.view()
+        assert got.load_balancer_id == amp.load_balancer_id
+        assert got.amphora_status == "ALLOCATED"
+        assert got.udp_listeners_down == frozenset()
+        assert got.lb_network_ip == f"192.0.2.{i}"
+
+
+def test_read_views_leaves_out_unknown_and_deleted_amphorae(store: AnyStore) -> None:
+    """Unknown ids, DELETED amphorae and amphorae of DELETED load balancers have no view."""
+    fleet = make_fleet(3, seed=4)
+    store.add_fleet(fleet)
+    store.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [fleet[0].amphora_id])
+    store.execute(
+        "UPDATE load_balancer SET provisioning_status = 'DELETED' WHERE id = ?",
+        [fleet[1].load_balancer_id],
+    )
+    views = store.read_views(["no-such-amphora", *(a.amphora_id for a in fleet)])
+    assert set(views) == {fleet[2].amphora_id}
+    assert store.read_views([]) == {}
+
+
+def test_read_views_of_a_bare_load_balancer_has_no_listener_or_pool_keys(store: AnyStore) -> None:
+    """A load balancer without listeners or pools gives a view without those keys."""
+    (amp,) = make_fleet(1, listeners=0, pools=0)
+    store.add_fleet([amp])
+    assert store.read_views([amp.amphora_id])[amp.amphora_id].view == amp.view()
+    assert "listeners" not in amp.view()
+
+
+def test_read_views_includes_empty_pools_and_pending_load_balancers(store: AnyStore) -> None:
+    """A pool without members is in the view; a PENDING_UPDATE load balancer is live."""
+    (amp,) = make_fleet(1, members=0)
+    store.add_fleet([amp])
+    store.execute(
+        "UPDATE load_balancer SET provisioning_status = 'PENDING_UPDATE', enabled = false"
+        " WHERE id = ?",
+        [amp.load_balancer_id],
+    )
+    view = store.read_views([amp.amphora_id])[amp.amphora_id].view
+    assert view == amp.view(enabled=False, provisioning_status="PENDING_UPDATE")
+    assert all(p["members"] == {} for p in view["pools"].values())
+
+
+def test_read_views_finds_udp_listeners_whose_default_pool_is_down(store: AnyStore) -> None:
+    """UDP listeners with a missing, empty or all-disabled default pool are listed as down."""
+    (amp,) = make_fleet(1, listeners=4, pools=4, members=2, protocol="UDP")
+    store.add_fleet([amp])
+    l_ok, l_none, l_empty, l_disabled = amp.listeners
+    store.execute("UPDATE listener SET default_pool_id = NULL WHERE id = ?", [l_none.listener_id])
+    store.execute("DELETE FROM member WHERE pool_id = ?", [l_empty.pools[0].pool_id])
+    store.execute(
+        "UPDATE member SET enabled = false WHERE pool_id = ?", [l_disabled.pools[0].pool_id]
+    )
+    got = store.read_views([amp.amphora_id])[amp.amphora_id]
+    assert got.udp_listeners_down == {
+        l_none.listener_id,
+        l_empty.listener_id,
+        l_disabled.listener_id,
+    }
+    assert l_ok.listener_id in got.view["listeners"]
+
+
+def test_read_views_ignores_default_pools_of_tcp_listeners(store: AnyStore) -> None:
+    """Only UDP listeners are checked for a live default pool."""
+    (amp,) = make_fleet(1, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    store.execute("UPDATE listener SET default_pool_id = NULL")
+    assert store.read_views([amp.amphora_id])[amp.amphora_id].udp_listeners_down == frozenset()
+
+
+def test_two_amphorae_of_one_load_balancer_share_its_view(store: AnyStore) -> None:
+    """An active/standby pair reads the same load balancer view."""
+    (amp,) = make_fleet(1, seed=9)
+    store.add_fleet([amp])
+    store.execute(
+        "INSERT INTO amphora (id, load_balancer_id, status, lb_network_ip, updated_at)"
+        " VALUES ('standby', ?, 'ALLOCATED', NULL, NULL)",
+        [amp.load_balancer_id],
+    )
+    views = store.read_views([amp.amphora_id, "standby"])
+    assert views["standby"].view == views[amp.amphora_id].view == amp.view()
+
+
+# --- the tick write ------------------------------------------------------------------
+
+
+def test_write_tick_upserts_health_without_moving_it_backwards(store: AnyStore) -> None:
+    """amphora_health rows are created not busy and only ever move forward in time."""
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW - 5, "b": NOW - 1}))
+    assert store.read_health() == {"a": (NOW - 5, False), "b": (NOW - 1, False)}
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW - 2, "b": NOW - 3}))
+    assert store.read_health() == {"a": (NOW - 2, False), "b": (NOW - 1, False)}
+
+
+def test_write_tick_keeps_busy_set_by_a_failover(store: AnyStore) -> None:
+    """A heartbeat during a failover updates last_update but leaves busy alone."""
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW - 100}))
+    store.execute("UPDATE amphora_health SET busy = true")
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    assert store.read_health() == {"a": (NOW, True)}
+
+
+def test_write_tick_sets_statuses_and_naive_utc_updated_at(store: AnyStore) -> None:
+    """Each status change also sets updated_at to the tick time, naive UTC."""
+    (amp,) = make_fleet(1, seed=5)
+    store.add_fleet([amp], now=NOW - 1000)
+    lst = amp.listeners[0]
+    pool = lst.pools[0]
+    member = pool.members[0]
+    rows = store.write_tick(
+        TickWrite(
+            now=NOW,
+            load_balancers={amp.load_balancer_id: "DEGRADED"},
+            listeners={lst.listener_id: "ERROR"},
+            pools={pool.pool_id: "DEGRADED"},
+            members={member: "ERROR"},
+        )
+    )
+    assert rows == 4
+    for table, key, status in (
+        ("load_balancer", amp.load_balancer_id, "DEGRADED"),
+        ("listener", lst.listener_id, "ERROR"),
+        ("pool", pool.pool_id, "DEGRADED"),
+        ("member", member, "ERROR"),
+    ):
+        ((got, stamp),) = store.execute(
+            f"SELECT operating_status, updated_at FROM {table} WHERE id = ?", [key]
+        )
+        assert got == status
+        assert _naive(stamp) == _utc(NOW)
+    # Untouched rows keep their status and time.
+    other = pool.members[1]
+    ((got, stamp),) = store.execute(
+        "SELECT operating_status, updated_at FROM member WHERE id = ?", [other]
+    )
+    assert (got, _naive(stamp)) == ("ONLINE", _utc(NOW - 1000))
+
+
+def test_write_tick_replaces_or_adds_listener_statistics(store: AnyStore) -> None:
+    """Absolute counters replace the row; deltas add, except active_connections."""
+    first = ListenerStats(10, 20, 3, 40, 5)
+    store.write_tick(TickWrite(now=NOW, stats=[StatsUpsert("l1", "a", first, add=True)]))
+    assert store.read_statistics() == {("l1", "a"): first}
+    store.write_tick(
+        TickWrite(now=NOW, stats=[StatsUpsert("l1", "a", ListenerStats(1, 2, 7, 4, 1), add=True)])
+    )
+    assert store.read_statistics() == {("l1", "a"): ListenerStats(11, 22, 7, 44, 6)}
+    absolute = ListenerStats(100, 200, 1, 400, 0)
+    store.write_tick(
+        TickWrite(
+            now=NOW,
+            stats=[
+                StatsUpsert("l1", "a", absolute, add=False),
+                StatsUpsert("l2", "a", absolute, add=False),
+            ],
+        )
+    )
+    assert store.read_statistics() == {("l1", "a"): absolute, ("l2", "a"): absolute}
+
+
+def test_write_tick_holds_64_bit_counters(store: AnyStore) -> None:
+    """BIGINT counters and a 32-bit active_connections round-trip at their limits."""
+    big = ListenerStats(2**63 - 1, 2**62, 2**31 - 1, 2**63 - 1, 2**40)
+    store.write_tick(TickWrite(now=NOW, stats=[StatsUpsert("l", "a", big, add=False)]))
+    assert store.read_statistics() == {("l", "a"): big}
+
+
+def test_write_tick_is_all_or_nothing(store: AnyStore) -> None:
+    """A tick that fails part-way writes nothing: no partial tick is ever committed."""
+    bad = ListenerStats(None, 0, 0, 0, 0)  # type: ignore[arg-type]  # NOT NULL violation
+    with pytest.raises(StoreError):
+        store.write_tick(
+            TickWrite(
+                now=NOW,
+                health={"a": NOW},
+                stats=[
+                    StatsUpsert("l1", "a", ListenerStats(1, 1, 1, 1, 1), add=True),
+                    StatsUpsert("l2", "a", bad, add=True),
+                ],
+            )
+        )
+    assert store.read_health() == {}
+    assert store.read_statistics() == {}
+    # The store is still usable after the failure.
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    assert store.read_health() == {"a": (NOW, False)}
+
+
+def test_write_tick_reallocates_failover_stopped_amphorae(store: AnyStore) -> None:
+    """An amphora that reports while FAILOVER_STOPPED returns to ALLOCATED."""
+    fleet = make_fleet(2, seed=6)
+    store.add_fleet(fleet)
+    ids = [a.amphora_id for a in fleet]
+    assert store.stop_failovers(ids, NOW) == 2
+    assert store.stop_failovers(ids, NOW) == 0
+    assert set(store.read_amphora_statuses().values()) == {"FAILOVER_STOPPED"}
+    store.write_tick(TickWrite(now=NOW, reallocated=[ids[0]]))
+    assert store.read_amphora_statuses() == {ids[0]: "ALLOCATED", ids[1]: "FAILOVER_STOPPED"}
+
+
+def test_tick_write_len_counts_rows() -> None:
+    """len(TickWrite) is the number of rows the write touches at most."""
+    write = TickWrite(
+        now=NOW,
+        health={"a": NOW},
+        members={"m": "ERROR"},
+        stats=[StatsUpsert("l", "a", ListenerStats(), add=True)],
+        reallocated=["a"],
+    )
+    assert len(write) == 4
+
+
+# --- stale amphorae and failover -----------------------------------------------------
+
+
+def _fleet_with_health(store: AnyStore, ages: list[float]) -> list[str]:
+    fleet = make_fleet(len(ages), seed=7, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    ids = [a.amphora_id for a in fleet]
+    health = {a: NOW - age for a, age in zip(ids, ages, strict=True)}
+    store.write_tick(TickWrite(now=NOW, health=health))
+    return ids
+
+
+def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> None:
+    """Candidates: before the cutoff, not busy, ALLOCATED or FAILOVER_STOPPED, sorted."""
+    ids = _fleet_with_health(store, [100, 100, 100, 100, 100, 10])
+    store.execute("UPDATE amphora_health SET busy = true WHERE amphora_id = ?", [ids[0]])
+    store.execute("UPDATE amphora SET status = 'FAILOVER_STOPPED' WHERE id = ?", [ids[1]])
+    store.execute("UPDATE amphora SET status = 'READY' WHERE id = ?", [ids[2]])
+    store.write_tick(TickWrite(now=NOW, health={"orphan": NOW - 100}))  # no amphora row
+    assert store.stale_amphorae(NOW - 60) == sorted([ids[1], ids[3], ids[4]])
+    assert store.stale_amphorae(NOW - 101) == []
+
+
+def test_claim_failovers_marks_each_amphora_busy_once(store: AnyStore) -> None:
+    """A claim marks stale amphorae busy; a second claim of the same ids gets none."""
+    ids = _fleet_with_health(store, [100, 100, 10])
+    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
+    assert store.claim_failovers(ids, NOW - 60) == []
+    assert store.claim_failovers([], NOW - 60) == []
+    assert {a for a, (_, busy) in store.read_health().items() if busy} == set(ids[:2])
+    assert store.stale_amphorae(NOW - 60) == []
+
+
+def test_claim_failovers_skips_load_balancers_not_active_or_error(store: AnyStore) -> None:
+    """An amphora whose load balancer is being changed is not claimed (tried next time)."""
+    fleet = make_fleet(3, seed=8, listeners=0, pools=0)
+    store.add_fleet(fleet)
+    ids = [a.amphora_id for a in fleet]
+    store.write_tick(TickWrite(now=NOW, health=dict.fromkeys(ids, NOW - 100)))
+    for amp, status in zip(fleet, ["ACTIVE", "ERROR", "PENDING_UPDATE"], strict=True):
+        store.execute(
+            "UPDATE load_balancer SET provisioning_status = ? WHERE id = ?",
+            [status, amp.load_balancer_id],
+        )
+    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
+    assert store.stale_amphorae(NOW - 60) == [ids[2]]
+
+
+def test_finish_failover_deletes_the_row_or_clears_busy(store: AnyStore) -> None:
+    """Success deletes amphora_health (as Octavia does); failure clears busy for a retry."""
+    ids = _fleet_with_health(store, [100, 100])
+    store.claim_failovers(ids, NOW - 60)
+    store.finish_failover(ids[0], succeeded=True)
+    store.finish_failover(ids[1], succeeded=False)
+    assert store.read_health() == {ids[1]: (NOW - 100, False)}
+    assert store.stale_amphorae(NOW - 60) == [ids[1]]
+
+
+@pytest.mark.postgres
+def test_concurrent_claims_on_postgresql_split_the_stale_amphorae(pg_dsn: str) -> None:
+    """Several managers claiming the same stale set at once each get a disjoint share."""
+    setup = PostgresStore(pg_dsn)
+    setup.create_schema()
+    ids = _fleet_with_health(setup, [100] * 200)
+    setup.close()
+    claimed: list[list[str]] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        s = PostgresStore(pg_dsn)
+        s.ping()
+        barrier.wait()
+        got: list[str] = []
+        for i in range(0, len(ids), 10):
+            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60)
+        claimed.append(got)
+        s.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [a for got in claimed for a in got]
+    assert sorted(everything) == sorted(ids)  # each exactly once
+
+
+@pytest.mark.postgres
+def test_concurrent_tick_writes_on_postgresql_add_every_delta(pg_dsn: str) -> None:
+    """Managers writing the same rows at once neither deadlock nor lose an addition."""
+    setup = PostgresStore(pg_dsn)
+    setup.create_schema()
+    setup.close()
+    keys = [(f"l{i}", f"a{i % 7}") for i in range(40)]
+    one = ListenerStats(1, 1, 1, 1, 1)
+
+    def write(reverse: bool) -> None:
+        s = PostgresStore(pg_dsn)
+        order = keys[::-1] if reverse else keys
+        for _ in range(20):
+            s.write_tick(
+                TickWrite(
+                    now=NOW,
+                    health={a: NOW for _, a in order},
+                    stats=[StatsUpsert(lid, a, one, add=True) for lid, a in order],
+                )
+            )
+        s.close()
+
+    threads = [threading.Thread(target=write, args=(i % 2 == 1,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check = PostgresStore(pg_dsn)
+    assert check.read_statistics() == {k: ListenerStats(80, 80, 1, 80, 80) for k in keys}
+    check.close()
+
+
+# --- opening and failing -------------------------------------------------------------
+
+
+def test_open_store_reads_sqlite_and_postgresql_urls(tmp_path: Any) -> None:
+    """--db URLs: sqlite:///PATH, a bare path, postgresql://...; others are refused."""
+    s = open_store(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(s, SQLiteStore)
+    assert s.path == f"{tmp_path}/x.db"
+    s.close()
+    s = open_store(str(tmp_path / "y.db"))
+    assert isinstance(s, SQLiteStore)
+    s.close()
+    s = open_store("sqlite:///")
+    assert isinstance(s, SQLiteStore)
+    assert s.path == ":memory:"
+    s.close()
+    p = open_store("postgresql://nobody@127.0.0.1:1/none")
+    assert isinstance(p, PostgresStore)
+    assert "nobody" not in repr(p)
+    with pytest.raises(ValueError, match="unsupported"):
+        open_store("mysql://x/y")
+    with pytest.raises(ValueError, match="sqlite:///PATH"):
+        open_store("sqlite://relative")
+
+
+def test_sqlite_store_in_a_missing_folder_raises_store_error(tmp_path: Any) -> None:
+    """A database file that cannot be opened is a StoreError naming the path."""
+    with pytest.raises(StoreError, match="no-such-folder"):
+        SQLiteStore(str(tmp_path / "no-such-folder" / "x.db"))
+
+
+def test_postgres_store_without_server_raises_store_error() -> None:
+    """An unreachable PostgreSQL server is a StoreError, on every call, never a crash."""
+    s = PostgresStore("postgresql://nobody@127.0.0.1:9/none", connect_timeout=1)
+    for _ in range(2):
+        with pytest.raises(StoreError):
+            s.ping()
+        with pytest.raises(StoreError):
+            s.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    s.close()
+
+
+def test_sqlite_store_waits_for_another_writer_then_commits(tmp_path: Any) -> None:
+    """Two processes' stores on one SQLite file serialise their ticks (WAL, busy timeout)."""
+    path = str(tmp_path / "shared.db")
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    a.create_schema()
+    assert b.create_schema() == []
+    a.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    b.write_tick(TickWrite(now=NOW, health={"b": NOW}))
+    assert set(a.read_health()) == {"a", "b"}
+    assert a.execute("PRAGMA journal_mode")[0][0] == "wal"
+    a.close()
+    b.close()
+
+
+def test_stored_view_is_plain_data() -> None:
+    """StoredView is a frozen value: equal when its fields are."""
+    v = StoredView("a", "ALLOCATED", "lb", {"id": "lb"})
+    assert v == StoredView("a", "ALLOCATED", "lb", {"id": "lb"})
+    assert v.udp_listeners_down == frozenset()
