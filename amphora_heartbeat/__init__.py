@@ -17,22 +17,28 @@ from .models import (
     MemberStatus,
     PoolReport,
 )
+from .rules import HealthUpdate, LoadBalancerView, derive
+from .tracker import HealthTracker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Codec",
     "Digest",
+    "HealthTracker",
+    "HealthUpdate",
     "Heartbeat",
     "HeartbeatError",
     "Limits",
     "ListenerReport",
     "ListenerStats",
+    "LoadBalancerView",
     "MemberKind",
     "MemberStatus",
     "PoolReport",
     "Unwrapper",
     "__version__",
+    "derive",
     "get_hmac",
     "unwrap_envelope",
     "wrap_envelope",

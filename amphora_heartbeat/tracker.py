@@ -1,0 +1,275 @@
+"""Stale-amphora tracking and failover decisions, with time as an argument.
+
+Two layers, so that an in-memory controller and a database-backed one share
+one copy of the policy:
+
+- :func:`decide` is the policy alone, a pure function: given the amphorae that
+  are stale now (not busy, held-back ones included), the start time, the last
+  pause and the threshold, it says which to fail over and which to hold back.
+  A controller whose records live in a database finds the stale ids itself
+  (``last_update < now - heartbeat_timeout AND NOT busy``), calls
+  :func:`decide`, and writes the outcome (busy, ``FAILOVER_STOPPED``).
+- :class:`HealthTracker` keeps the records in memory (last report, busy,
+  held back) and calls :func:`decide`; :meth:`HealthTracker.next_deadline`
+  tells any loop how long it may sleep.
+
+The policy, after Octavia's health manager (``spec/rules.md``, step 4):
+
+- an amphora is stale when its last report is older than ``now -
+  heartbeat_timeout`` (strictly) and it is not already being failed over (busy);
+- nothing is failed over while ``now < started + heartbeat_timeout`` (start-up
+  grace: amphorae get a chance to report) nor while ``now < paused_at +
+  heartbeat_timeout`` (the store was unreachable: its records may be stale
+  only because nobody could write them);
+- storm guard: when the number of stale amphorae reaches ``failover_threshold``,
+  none is failed over; all are held back (Octavia's ``FAILOVER_STOPPED``) until
+  they report again or the count falls below the threshold;
+- otherwise every stale amphora is failed over (and marked busy).  A failed
+  failover is released and retried, unlike Octavia, which leaves it busy forever.
+
+:class:`SeqGuard` is an optional replay guard over heartbeat sequence numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+
+import attrs
+
+__all__ = ["FailoverDecision", "HealthTracker", "SeqGuard", "decide"]
+
+_LOG = logging.getLogger("amphora_heartbeat.tracker")
+
+
+@attrs.frozen
+class FailoverDecision:
+    """What one stale check decided."""
+
+    #: Amphorae to fail over now (each is now busy).
+    failover: tuple[str, ...] = ()
+    #: Amphorae held back by the storm guard (Octavia's ``FAILOVER_STOPPED``).
+    stopped: tuple[str, ...] = ()
+
+
+def _check_policy(heartbeat_timeout: float, failover_threshold: int | None) -> None:
+    if not heartbeat_timeout > 0:
+        raise ValueError(f"heartbeat_timeout must be positive seconds, got {heartbeat_timeout!r}")
+    if failover_threshold is not None and failover_threshold < 1:
+        raise ValueError(f"failover_threshold must be None or at least 1, got {failover_threshold}")
+
+
+def decide(
+    stale_ids: Sequence[str],
+    *,
+    now: float,
+    started: float,
+    paused_at: float | None,
+    heartbeat_timeout: float,
+    failover_threshold: int | None,
+    held: Collection[str],
+) -> FailoverDecision:
+    """Decide which stale amphorae to fail over and which to hold back.
+
+    :param stale_ids: the amphorae stale at ``now`` and not busy, held-back ones
+        included, in the order the decision should list them.
+    :param now: the time of the check, seconds since the epoch.
+    :param started: when the controller started (seconds since the epoch).
+    :param paused_at: the last time the store was found unreachable, or None.
+    :param heartbeat_timeout: seconds of silence before an amphora is stale; also
+        the length of the start-up grace and of the wait after a pause.
+    :param failover_threshold: the storm guard's count, or None for no guard.
+    :param held: the amphorae currently held back by the storm guard.
+    :return: during the grace or a pause nothing to fail over and the stale
+        held-back amphorae as ``stopped``; at or over the threshold, nothing to
+        fail over and every stale amphora ``stopped``; otherwise every stale
+        amphora to fail over.  The caller marks ``failover`` busy and keeps
+        ``stopped`` as its new held-back set.
+    """
+    gate = started if paused_at is None else max(started, paused_at)
+    if now < gate + heartbeat_timeout:
+        return FailoverDecision((), tuple(a for a in stale_ids if a in held))
+    if failover_threshold is not None and len(stale_ids) >= failover_threshold:
+        return FailoverDecision((), tuple(stale_ids))
+    return FailoverDecision(tuple(stale_ids), ())
+
+
+class HealthTracker:
+    """Remember when each amphora last reported, and decide failovers.
+
+    Time is always an argument (seconds since the epoch, or any monotonic scale
+    used consistently).  Not thread-safe: drive it from one loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_timeout: float = 60.0,
+        failover_threshold: int | None = None,
+        started: float,
+    ) -> None:
+        """Track amphorae from ``started`` on (the start-up grace counts from it).
+
+        :param heartbeat_timeout: seconds of silence after which an amphora is stale.
+        :param failover_threshold: hold every failover back when this many are stale.
+        :param started: when the controller started, seconds.
+        :raises ValueError: a non-positive timeout or a threshold below 1.
+        """
+        _check_policy(heartbeat_timeout, failover_threshold)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.failover_threshold = failover_threshold
+        self.started = started
+        self.paused_at: float | None = None
+        self._last: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._held: set[str] = set()
+
+    def __len__(self) -> int:
+        """Return how many amphorae are tracked."""
+        return len(self._last)
+
+    def __contains__(self, amphora_id: object) -> bool:
+        """Return whether ``amphora_id`` is tracked."""
+        return amphora_id in self._last
+
+    def last_seen(self, amphora_id: str) -> float | None:
+        """Return when the amphora last reported, or None if it is not tracked."""
+        return self._last.get(amphora_id)
+
+    @property
+    def busy(self) -> frozenset[str]:
+        """The amphorae being failed over."""
+        return frozenset(self._busy)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The amphorae held back by the storm guard."""
+        return frozenset(self._held)
+
+    def record(self, amphora_id: str, now: float) -> None:
+        """Note that the amphora reported at ``now`` (seconds).
+
+        Times before ``started`` are accepted (records loaded from a store); an
+        older time than the one already kept is ignored.  The amphora is no
+        longer held back; busy is left as it is (a failover in progress decides).
+        """
+        last = self._last.get(amphora_id)
+        if last is None or now > last:
+            self._last[amphora_id] = now
+        self._held.discard(amphora_id)
+
+    def pause(self, paused_at: float) -> None:
+        """Note that the store was unreachable at ``paused_at``: wait a full timeout again."""
+        if self.paused_at is None or paused_at > self.paused_at:
+            self.paused_at = paused_at
+
+    def release(self, amphora_id: str) -> None:
+        """Clear busy after a failed failover, so the amphora is retried if still stale."""
+        self._busy.discard(amphora_id)
+
+    def forget(self, amphora_id: str) -> None:
+        """Stop tracking the amphora (it was failed over, or deleted)."""
+        self._last.pop(amphora_id, None)
+        self._busy.discard(amphora_id)
+        self._held.discard(amphora_id)
+
+    def _stale(self, now: float) -> list[str]:
+        # Oldest first, then by id, so the order is deterministic.
+        limit = now - self.heartbeat_timeout
+        busy = self._busy
+        found = [(t, a) for a, t in self._last.items() if t < limit and a not in busy]
+        found.sort()
+        return [a for _, a in found]
+
+    def stale(self, now: float) -> FailoverDecision:
+        """Return the amphorae to fail over at ``now`` (marked busy) and those held back."""
+        decision = decide(
+            self._stale(now),
+            now=now,
+            started=self.started,
+            paused_at=self.paused_at,
+            heartbeat_timeout=self.heartbeat_timeout,
+            failover_threshold=self.failover_threshold,
+            held=self._held,
+        )
+        if decision.failover:
+            self._busy.update(decision.failover)
+            self._held.difference_update(decision.failover)
+        elif self._gate() <= now:
+            newly = [a for a in decision.stopped if a not in self._held]
+            if newly:
+                _LOG.error(
+                    "%d amphorae stale, at or over the failover threshold %s: holding back",
+                    len(decision.stopped),
+                    self.failover_threshold,
+                )
+            self._held = set(decision.stopped)
+        return decision
+
+    def _gate(self) -> float:
+        gate = self.started if self.paused_at is None else max(self.started, self.paused_at)
+        return gate + self.heartbeat_timeout
+
+    def next_deadline(self) -> float | None:
+        """Return when :meth:`stale` next has something new to say, or None.
+
+        None when no amphora can become stale without another call (every one is
+        busy or held back with the count still at the threshold).  Otherwise the
+        least time ``t`` such that :meth:`stale` at any ``now > t`` returns an
+        amphora to fail over or a newly held one: a loop may sleep until then.
+        """
+        gate = self._gate()
+        timeout = self.heartbeat_timeout
+        busy = self._busy
+        held = self._held
+        candidates = [t for a, t in self._last.items() if a not in busy and a not in held]
+        deadline = max(min(candidates) + timeout, gate) if candidates else None
+        threshold = self.failover_threshold
+        if held and (threshold is None or len(held) < threshold):
+            # Held back, but too few now: the next check past the gate fails them over.
+            deadline = gate if deadline is None else min(deadline, gate)
+        return deadline
+
+
+class SeqGuard:
+    """Flag heartbeats whose sequence number is not newer than the last one seen.
+
+    A replayed datagram carries a valid HMAC, so the envelope cannot refuse it;
+    the agent's ``seq`` (one more per heartbeat, 0 at the agent's start) is the
+    only ordering the wire format has.  Limits, honestly:
+
+    - the format has no timestamp and no nonce: a captured heartbeat with a seq
+      higher than the agent's current one passes, and after an agent restart
+      (seq back to 0) every captured heartbeat from before the restart does;
+    - a restart is recognised by a seq below ``restart_below`` that is lower
+      than the last one seen; so a captured early heartbeat (seq below that
+      bound) also passes, once, and rolls the guard back;
+    - with several controllers each one sees every N-th seq (round robin), so
+      gaps are normal and never flagged;
+    - memory grows with the number of amphorae; call :meth:`forget` for gone ones.
+
+    Treat a flagged heartbeat as suspicious (count it, drop it), not as proof.
+    """
+
+    def __init__(self, *, restart_below: int = 16) -> None:
+        """Track sequence numbers; a lower seq below ``restart_below`` means a restart."""
+        if restart_below < 1:
+            raise ValueError(f"restart_below must be at least 1, got {restart_below}")
+        self.restart_below = restart_below
+        self._last: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """Return how many amphorae are tracked."""
+        return len(self._last)
+
+    def check(self, amphora_id: str, seq: int) -> bool:
+        """Return True and remember ``seq`` if it is newer (or a restart), else False."""
+        last = self._last.get(amphora_id)
+        if last is None or seq > last or (seq < last and seq < self.restart_below):
+            self._last[amphora_id] = seq
+            return True
+        return False
+
+    def forget(self, amphora_id: str) -> None:
+        """Stop tracking the amphora."""
+        self._last.pop(amphora_id, None)
