@@ -62,17 +62,13 @@ UNKNOWN_AMPHORA = "unknown_amphora"
 #: Every reason a heartbeat is not recorded, as stable counter names.
 REASONS = (LISTENER_COUNT_MISMATCH, TOO_LATE, UNKNOWN_AMPHORA)
 
-# What each reported member status becomes; None keeps the current status
-# (RESTARTING: keepalived does not know yet; UNKNOWN: a string Octavia ignores).
-_MEMBER_STATUS: dict[MemberKind, str | None] = {
-    MemberKind.UP: ONLINE,
-    MemberKind.DOWN: ERROR,
-    MemberKind.DRAIN: DRAINING,
-    MemberKind.MAINT: OFFLINE,
-    MemberKind.NO_CHECK: NO_MONITOR,
-    MemberKind.RESTARTING: None,
-    MemberKind.UNKNOWN: None,
-}
+# Member kinds, bound once: enum attribute lookups and hashing cost on the hot path.
+_UP = MemberKind.UP
+_DOWN = MemberKind.DOWN
+_DRAIN = MemberKind.DRAIN
+_MAINT = MemberKind.MAINT
+_NO_CHECK = MemberKind.NO_CHECK
+_RESTARTING = MemberKind.RESTARTING
 
 
 # --- the view ------------------------------------------------------------------------
@@ -118,6 +114,29 @@ class MemberView:
 
     #: Current operating status (any string; compared case-insensitively).
     operating_status: str
+
+
+def _member_views(raw: Any, path: str) -> dict[str, MemberView]:
+    members: dict[str, MemberView] = {}
+    for mid, entry in _mapping(raw, path).items():
+        if not isinstance(entry, Mapping):
+            _mapping(entry, f"{path}.{mid}")
+        status = _get(entry, "operating_status", f"{path}.{mid}")
+        if type(status) is not str:
+            _status(status, f"{path}.{mid}.operating_status")
+        view = _MEMBER_VIEWS.get(status)
+        if view is None:
+            view = MemberView(status)
+            if len(_MEMBER_VIEWS) < _MEMBER_VIEWS_SIZE:
+                _MEMBER_VIEWS[status] = view
+        members[mid] = view
+    return members
+
+
+# A fleet has millions of members and a handful of statuses: share one frozen view
+# per status string.  Bounded, so odd strings cannot grow it without limit.
+_MEMBER_VIEWS_SIZE = 64
+_MEMBER_VIEWS: dict[str, MemberView] = {}
 
 
 @attrs.frozen(kw_only=True)
@@ -197,15 +216,7 @@ class LoadBalancerView:
         for pid, raw_pool in _mapping(mapping.get("pools", {}), "view.pools").items():
             path = f"view.pools.{pid}"
             raw = _mapping(raw_pool, path)
-            members = {
-                mid: MemberView(
-                    _status(
-                        _get(_mapping(m, f"{path}.members.{mid}"), "operating_status", path),
-                        f"{path}.members.{mid}.operating_status",
-                    )
-                )
-                for mid, m in _mapping(raw.get("members", {}), path + ".members").items()
-            }
+            members = _member_views(raw.get("members", {}), path + ".members")
             pools[pid] = PoolView(
                 operating_status=_status(
                     _get(raw, "operating_status", path), path + ".operating_status"
@@ -351,7 +362,10 @@ def _expected_listeners(heartbeat: Heartbeat, view: LoadBalancerView) -> int | N
     if "PENDING" in view.provisioning_status or not view.enabled:
         return None
     listeners = view.listeners
-    expected = sum(1 for lv in listeners.values() if lv.enabled)
+    expected = 0
+    for lv in listeners.values():
+        if lv.enabled:
+            expected += 1
     down = view.udp_listeners_down
     if down and not heartbeat.versioned:
         # Pre-versioning agents send no UDP listener until its default pool has an
@@ -494,21 +508,33 @@ class _StatusPass:
         for mid, mv in pv.members.items():
             current = mv.operating_status
             reported_member = members.get(mid)
-            new: str | None
             if reported_member is None:
                 # Exact comparison, as Octavia's: only an unmonitored member keeps its status.
-                new = None if current == NO_MONITOR else OFFLINE
+                if current == NO_MONITOR:
+                    continue
+                new = OFFLINE
             else:
                 kind = reported_member.kind
-                new = _MEMBER_STATUS[kind]
-                if kind is MemberKind.DOWN:
+                if kind is _UP:  # "UP" and transitional "UP 1/3"
+                    new = ONLINE
+                elif kind is _DOWN:  # "DOWN" and transitional "DOWN 2/3"
+                    new = ERROR
                     if pool_status == ONLINE:
                         pool_status = DEGRADED
                         if self.lb_status == ONLINE:
                             self.lb_status = DEGRADED
-                elif kind is MemberKind.UNKNOWN:
+                elif kind is _DRAIN:
+                    new = DRAINING
+                elif kind is _MAINT:
+                    new = OFFLINE
+                elif kind is _NO_CHECK:
+                    new = NO_MONITOR
+                elif kind is _RESTARTING:
+                    continue  # keepalived restarting: keep the status until it knows
+                else:
                     _LOG.warning("member %s reported status %.64r", mid, reported_member.raw)
-            if new is not None and _differs(current, new):
+                    continue
+            if current != new and current.lower() != new.lower():
                 member_changes[mid] = new
 
         if pool_status is not None and _differs(pv.operating_status, pool_status):
