@@ -231,7 +231,7 @@ _ELIGIBLE = (
     " WHERE h.busy = false AND h.last_update < ?"
     " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
 )
-_STALE = "SELECT h.amphora_id " + _ELIGIBLE + " ORDER BY h.amphora_id"
+_STALE = "SELECT h.amphora_id, a.status " + _ELIGIBLE + " ORDER BY h.amphora_id"
 # {lock} is the engine's row-lock clause: with several managers each stale row
 # is claimed (marked busy) by exactly one of them.
 _CLAIM = (
@@ -322,8 +322,8 @@ class Store(Protocol):
         """Write one tick in one transaction; return the number of rows written."""
         ...
 
-    def stale_amphorae(self, cutoff: float) -> list[str]:
-        """Return eligible amphorae not busy whose last heartbeat is before ``cutoff``."""
+    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
+        """Return eligible amphorae (to their status) not busy, last heard before ``cutoff``."""
         ...
 
     def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
@@ -529,16 +529,17 @@ class _SQLStore:
                 cur.executemany(self._sql(_STATS_ADD if add else _STATS_REPLACE), params)
         return len(ordered)
 
-    def stale_amphorae(self, cutoff: float) -> list[str]:
+    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
         """Return the failover candidates at ``cutoff`` (seconds since the epoch).
 
         Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
         of a load balancer, not busy, whose ``last_update`` is before ``cutoff``;
-        sorted by id.  Rows of other managers count too: the database holds them all.
+        mapped to their status, sorted by id.  Rows of other managers count too:
+        the database holds them all.
         """
         with self._reading() as cur:
             cur.execute(self._sql(_STALE), (self._time(cutoff),))
-            return [row[0] for row in cur.fetchall()]
+            return {row[0]: row[1] for row in cur.fetchall()}
 
     def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
         """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.

@@ -9,8 +9,10 @@ environment variables:
   data folder and the ``pg_ctl`` command line (with ``runuser`` when needed), for
   the test that stops and restarts the server.
 
-Each test gets a fresh database created from ``template0`` by pytest-postgresql's
-``DatabaseJanitor`` and dropped afterwards.  Without a server the PostgreSQL tests
+Each test gets a fresh database created from ``template0`` and dropped
+afterwards.  (Hand-written rather than pytest-postgresql: that plugin starts its
+own server as the current user, which CI's root cannot, and its database janitor
+would be a test dependency for these few lines.)  Without a server the PostgreSQL tests
 skip, except under ``CI=true``, where a missing server is a failure.
 
 Test modules take the fixtures by assignment (``store = _pg.store``), so that the
@@ -84,26 +86,18 @@ def pg_server() -> PGServer:
 
 @pytest.fixture
 def pg_dsn(pg_server: PGServer) -> Iterator[str]:
-    """Yield the URL of a fresh, empty database, dropped after the test."""
-    from psycopg.conninfo import conninfo_to_dict
-    from pytest_postgresql.janitor import DatabaseJanitor
+    """Yield the URL of a fresh, empty database, dropped (connections and all) after the test."""
+    import psycopg
 
-    params = conninfo_to_dict(pg_server.dsn)
     dbname = "t_" + uuid.uuid4().hex[:16]
-    janitor = DatabaseJanitor(
-        user=str(params.get("user", "postgres")),
-        host=str(params.get("host", "127.0.0.1")),
-        port=str(params.get("port", 5432)),
-        password=params.get("password"),  # type: ignore[arg-type]
-        dbname=dbname,
-        template_dbname="template0",
-        maintenance_dbname=str(params.get("dbname", "postgres")),
-    )
-    janitor.init()
+    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {dbname} TEMPLATE template0")
     try:
         yield urlsplit(pg_server.dsn)._replace(path="/" + dbname).geturl()
     finally:
-        janitor.drop()
+        # The server may have been stopped and started by the test: reconnect.
+        with psycopg.connect(pg_server.dsn, autocommit=True, connect_timeout=30) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
 
 
 @pytest.fixture(params=ENGINES)

@@ -322,8 +322,11 @@ def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> 
     store.execute("UPDATE amphora SET status = 'FAILOVER_STOPPED' WHERE id = ?", [ids[1]])
     store.execute("UPDATE amphora SET status = 'READY' WHERE id = ?", [ids[2]])
     store.write_tick(TickWrite(now=NOW, health={"orphan": NOW - 100}))  # no amphora row
-    assert store.stale_amphorae(NOW - 60) == sorted([ids[1], ids[3], ids[4]])
-    assert store.stale_amphorae(NOW - 101) == []
+    stale = store.stale_amphorae(NOW - 60)
+    assert list(stale) == sorted([ids[1], ids[3], ids[4]])
+    assert stale[ids[1]] == "FAILOVER_STOPPED"
+    assert stale[ids[3]] == "ALLOCATED"
+    assert store.stale_amphorae(NOW - 101) == {}
 
 
 def test_claim_failovers_marks_each_amphora_busy_once(store: AnyStore) -> None:
@@ -333,7 +336,7 @@ def test_claim_failovers_marks_each_amphora_busy_once(store: AnyStore) -> None:
     assert store.claim_failovers(ids, NOW - 60) == []
     assert store.claim_failovers([], NOW - 60) == []
     assert {a for a, (_, busy) in store.read_health().items() if busy} == set(ids[:2])
-    assert store.stale_amphorae(NOW - 60) == []
+    assert store.stale_amphorae(NOW - 60) == {}
 
 
 def test_claim_failovers_skips_load_balancers_not_active_or_error(store: AnyStore) -> None:
@@ -348,7 +351,7 @@ def test_claim_failovers_skips_load_balancers_not_active_or_error(store: AnyStor
             [status, amp.load_balancer_id],
         )
     assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
-    assert store.stale_amphorae(NOW - 60) == [ids[2]]
+    assert list(store.stale_amphorae(NOW - 60)) == [ids[2]]
 
 
 def test_finish_failover_deletes_the_row_or_clears_busy(store: AnyStore) -> None:
@@ -358,7 +361,7 @@ def test_finish_failover_deletes_the_row_or_clears_busy(store: AnyStore) -> None
     store.finish_failover(ids[0], succeeded=True)
     store.finish_failover(ids[1], succeeded=False)
     assert store.read_health() == {ids[1]: (NOW - 100, False)}
-    assert store.stale_amphorae(NOW - 60) == [ids[1]]
+    assert list(store.stale_amphorae(NOW - 60)) == [ids[1]]
 
 
 @pytest.mark.postgres
