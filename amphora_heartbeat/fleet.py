@@ -255,6 +255,81 @@ class Fleet:
         """Return ``variants`` packets per amphora, with ``seq`` 0, 1, ... ``variants - 1``."""
         return [[self.packet(i, seq) for seq in range(variants)] for i in range(len(self.specs))]
 
+    def run(
+        self,
+        targets: Sequence[str],
+        *,
+        interval: float | None = None,
+        rate: float | None = None,
+        duration: float | None = None,
+        count: int | None = None,
+        silent_after: float | None = None,
+        prebuilt: bool | None = None,
+        variants: int = DEFAULT_VARIANTS,
+        rings: list[list[bytes]] | None = None,
+        progress: Callable[[FleetProgress], None] | None = None,
+        progress_interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> FleetSummary:
+        """Send this fleet's heartbeats; the options are those of :func:`run_fleet`.
+
+        :param rings: packets made earlier by :meth:`build` (one list per
+            amphora), to reuse them across runs; implies pre-built mode.
+        """
+        if not targets:
+            raise ValueError("need at least one target")
+        if interval is not None and rate is not None:
+            raise ValueError("give either interval or rate, not both")
+        if interval is not None and interval <= 0:
+            raise ValueError("interval must be positive")
+        if rate is not None and not rate > 0:
+            raise ValueError("rate must be positive")
+        if variants < 1:
+            raise ValueError("variants must be at least 1")
+        if rings is not None and len(rings) != len(self.specs):
+            raise ValueError("rings must hold one list of packets per amphora")
+        addresses = [_resolve(t) for t in targets]
+        per_interval = DEFAULT_INTERVAL if interval is None and rate is None else interval
+        first_rate = rate if rate is not None else len(self.specs) / (per_interval or 1.0)
+        started = time.monotonic()
+        if rings is None:
+            if prebuilt is None:
+                prebuilt = first_rate > FRESH_MAX_RATE
+            rings = self.build(variants) if prebuilt else []
+        build_seconds = time.monotonic() - started
+        sockets: dict[int, socket.socket] = {}
+        try:
+            for family, _ in addresses:
+                if family not in sockets:
+                    sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
+            sender = _Sender(
+                self,
+                rings,
+                [(sockets[f].sendto, a) for f, a in addresses],
+                rate=rate,
+                interval=per_interval,
+                silent_after=silent_after,
+                progress=progress,
+                progress_interval=progress_interval,
+                stop=stop,
+            )
+            sender.loop(duration=duration, count=count)
+        finally:
+            for sock in sockets.values():
+                sock.close()
+        return FleetSummary(
+            sent=sender.sent,
+            send_errors=sender.errors,
+            elapsed=sender.elapsed,
+            target_rate=first_rate,
+            amphorae=len(self.specs),
+            silent_ids=tuple(self.specs[i].amphora_id for i in sorted(self.silent)),
+            per_target=tuple(sender.per_target),
+            prebuilt=bool(rings),
+            variants=len(rings[0]) if rings else 0,
+            build_seconds=build_seconds,
+        )
+
 
 def run_fleet(
     targets: Sequence[str],
@@ -305,17 +380,6 @@ def run_fleet(
     :param stop: set it (from a signal handler or another thread) to end the run.
     :returns: what was sent.
     """
-    if not targets:
-        raise ValueError("need at least one target")
-    if interval is not None and rate is not None:
-        raise ValueError("give either interval or rate, not both")
-    if interval is not None and interval <= 0:
-        raise ValueError("interval must be positive")
-    if rate is not None and not rate > 0:
-        raise ValueError("rate must be positive")
-    if variants < 1:
-        raise ValueError("variants must be at least 1")
-    addresses = [_resolve(t) for t in targets]
     fleet = Fleet(
         amphorae,
         key,
@@ -329,44 +393,18 @@ def run_fleet(
         flapping=flapping,
         seed=seed,
     )
-    per_interval = DEFAULT_INTERVAL if interval is None and rate is None else interval
-    first_rate = rate if rate is not None else amphorae / (per_interval or DEFAULT_INTERVAL)
-    if prebuilt is None:
-        prebuilt = first_rate > FRESH_MAX_RATE
-    started = time.monotonic()
-    rings = fleet.build(variants) if prebuilt else []
-    build_seconds = time.monotonic() - started
-    sockets: dict[int, socket.socket] = {}
-    try:
-        for family, _ in addresses:
-            if family not in sockets:
-                sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
-        sender = _Sender(
-            fleet,
-            rings,
-            [(sockets[f].sendto, a) for f, a in addresses],
-            rate=rate,
-            interval=per_interval,
-            silent_after=silent_after,
-            progress=progress,
-            progress_interval=progress_interval,
-            stop=stop,
-        )
-        sender.loop(duration=duration, count=count)
-    finally:
-        for sock in sockets.values():
-            sock.close()
-    return FleetSummary(
-        sent=sender.sent,
-        send_errors=sender.errors,
-        elapsed=sender.elapsed,
-        target_rate=first_rate,
-        amphorae=amphorae,
-        silent_ids=tuple(fleet.specs[i].amphora_id for i in sorted(fleet.silent)),
-        per_target=tuple(sender.per_target),
+    return fleet.run(
+        targets,
+        interval=interval,
+        rate=rate,
+        duration=duration,
+        count=count,
+        silent_after=silent_after,
         prebuilt=prebuilt,
-        variants=variants if prebuilt else 0,
-        build_seconds=build_seconds,
+        variants=variants,
+        progress=progress,
+        progress_interval=progress_interval,
+        stop=stop,
     )
 
 
