@@ -705,7 +705,10 @@ class SQLiteStore(_SQLStore):
         try:
             # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE), so a
             # write never has to upgrade a read lock and fail.
-            self._conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            # One thread at a time uses a store, but not always the one that opened it.
+            self._conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         except sqlite3.Error as exc:
@@ -726,7 +729,10 @@ class SQLiteStore(_SQLStore):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
-        cur = self._conn.cursor()
+        try:
+            cur = self._conn.cursor()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
         try:
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -746,7 +752,10 @@ class SQLiteStore(_SQLStore):
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
-        cur = self._conn.cursor()
+        try:
+            cur = self._conn.cursor()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
         try:
             yield cur
         except sqlite3.Error as exc:
