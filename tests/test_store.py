@@ -486,3 +486,34 @@ def test_stored_view_is_plain_data() -> None:
     v = StoredView("a", "ALLOCATED", "lb", {"id": "lb"})
     assert v == StoredView("a", "ALLOCATED", "lb", {"id": "lb"})
     assert v.udp_listeners_down == frozenset()
+
+
+@pytest.mark.postgres
+def test_postgresql_json_views_equal_the_portable_statement(pg_dsn: str) -> None:
+    """PostgreSQL's server-built JSON views equal what the portable UNION statement gives."""
+    from amphora_heartbeat.store import _SQLStore
+
+    s = PostgresStore(pg_dsn)
+    s.create_schema()
+    fleet = [
+        *make_fleet(3, seed=1),
+        *make_fleet(2, seed=2, listeners=3, pools=3, members=2, protocol="UDP"),
+        *make_fleet(1, seed=3, listeners=0, pools=0),
+        *make_fleet(1, seed=4, members=0),
+    ]
+    s.add_fleet(fleet)
+    udp = fleet[3]
+    s.execute("UPDATE member SET enabled = false WHERE pool_id = ?", [udp.pools[0].pool_id])
+    s.execute(
+        "UPDATE listener SET default_pool_id = NULL WHERE id = ?", [udp.listeners[1].listener_id]
+    )
+    s.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [fleet[0].amphora_id])
+    ids = [a.amphora_id for a in fleet] + ["unknown"]
+    got = s.read_views(ids)
+    assert got == _SQLStore.read_views(s, ids)
+    assert len(got) == len(fleet) - 1
+    assert got[udp.amphora_id].udp_listeners_down == {
+        udp.listeners[0].listener_id,
+        udp.listeners[1].listener_id,
+    }
+    s.close()
