@@ -18,6 +18,7 @@ RUN_PAGES = [
     "reference/wire-format.md",
     "reference/errors.md",
     "reference/api.md",
+    "explanation/security.md",
     "how-to/rotate-keys.md",
     "how-to/use-zstd.md",
     "how-to/unit-test-payload-parsing.md",
