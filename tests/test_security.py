@@ -27,6 +27,7 @@ from amphora_heartbeat.errors import (
     TooLargeError,
 )
 from amphora_heartbeat.testing import build_message
+from amphora_heartbeat.tracker import SeqGuard
 
 KEY = "fleet-key"
 MESSAGE = {"id": "amp-1", "seq": 3, "ver": 3, "listeners": {}, "pools": {}}
@@ -119,6 +120,44 @@ def test_seq_is_signed() -> None:
     assert unwrap_envelope(packet, KEY)["seq"] == 3
     with pytest.raises(InvalidHMACError):
         unwrap_envelope(forged, KEY)
+
+
+def test_seq_guard_catches_older_and_repeated_heartbeats() -> None:
+    """The replay guard flags a repeated seq and an older one while the agent runs on."""
+    guard = SeqGuard()
+    assert guard.check("amp-1", 100)
+    assert guard.check("amp-1", 101)
+    assert not guard.check("amp-1", 101)
+    assert not guard.check("amp-1", 57)
+    assert guard.check("amp-2", 57)  # per amphora
+
+
+def test_seq_guard_misses_replays_across_a_restart() -> None:
+    """After a restart (seq back to 0), pre-restart captures with higher seqs pass."""
+    guard = SeqGuard()
+    assert guard.check("amp-1", 500)
+    assert guard.check("amp-1", 0)  # the agent restarted
+    assert guard.check("amp-1", 90)  # a capture from before the restart
+    assert not guard.check("amp-1", 90)
+
+
+def test_seq_guard_misses_an_early_capture_once() -> None:
+    """A captured seq below restart_below looks like a restart: it passes and rolls back."""
+    guard = SeqGuard(restart_below=16)
+    assert guard.check("amp-1", 200)
+    assert guard.check("amp-1", 15)  # replayed early heartbeat, taken for a restart
+    assert not guard.check("amp-1", 15)
+    assert guard.check("amp-1", 120)  # rolled back: an older capture now passes too
+    assert SeqGuard().restart_below == 16
+
+
+def test_seq_guard_never_flags_gaps() -> None:
+    """With N controllers each sees every N-th seq: gaps are normal and pass."""
+    guard = SeqGuard()
+    assert all(guard.check("amp-1", seq) for seq in range(0, 300, 3))
+    assert len(guard) == 1
+    guard.forget("amp-1")
+    assert len(guard) == 0
 
 
 # --- key handling --------------------------------------------------------------------
