@@ -235,6 +235,10 @@ class Heartbeat:
         :raises MalformedError: a wrong type, a missing field or a value over a
             limit, naming the path of what is wrong.
         """
+        if type(d) is dict and cls is Heartbeat:
+            heartbeat = _parse_fast(d, recv_time, limits)
+            if heartbeat is not None:
+                return heartbeat
         if not isinstance(d, Mapping):
             raise MalformedError("", f"a message must be an object, not {type(d).__name__}")
         return _parse(cls, d, recv_time, limits)
@@ -440,3 +444,158 @@ def _parse(
         pools=pools,
         recv_time=recv_time,
     )
+
+
+# --- the fast path -------------------------------------------------------------------
+# What current amphorae send (version 2 or later, members as an object, ASCII ids,
+# no pool id twice) is validated by _parse_fast in one tight pass that builds the
+# tree as it goes, with no error paths prepared and objects made directly through
+# their slots (each class's own __init__ costs about a third more).  It returns
+# None at the first thing it does not expect, and _parse then judges the message
+# from the start: it accepts exactly the same messages, builds an equal tree, and
+# names the path of whatever is wrong.
+
+_new = object.__new__
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_STATS_SET = _slot_setters(
+    ListenerStats,
+    "bytes_in",
+    "bytes_out",
+    "active_connections",
+    "total_connections",
+    "request_errors",
+)
+_LISTENER_SET = _slot_setters(ListenerReport, "listener_id", "status", "stats", "pools")
+_POOL_SET = _slot_setters(PoolReport, "pool_id", "listener_id", "status", "members", "key")
+_HEARTBEAT_SET = _slot_setters(
+    Heartbeat, "amphora_id", "seq", "version", "versioned", "listeners", "pools", "recv_time"
+)
+_member_status = _MEMBER_CACHE.get
+
+
+def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
+    amphora_id = d.get("id")
+    seq = d.get("seq", 0)
+    version = d.get("ver")
+    raw_listeners = d.get("listeners")
+    raw_pools = d.get("pools")
+    max_id = limits.max_id_length
+    if (
+        type(amphora_id) is not str
+        or not amphora_id
+        or len(amphora_id) > max_id
+        or not amphora_id.isascii()
+        or type(seq) is not int
+        or not 0 <= seq <= _MAX_SEQ
+        or type(version) is not int
+        or not 2 <= version <= _MAX_SEQ
+        or type(raw_listeners) is not dict
+        or len(raw_listeners) > limits.max_listeners
+        or type(raw_pools) is not dict
+        or len(raw_pools) > limits.max_pools
+    ):
+        return None
+    set_in, set_out, set_conns, set_total, set_errors = _STATS_SET
+    set_lid, set_lstatus, set_stats, set_lpools = _LISTENER_SET
+    listeners: dict[str, ListenerReport] = {}
+    owned: dict[str, dict[str, PoolReport]] = {}
+    for lid, raw in raw_listeners.items():
+        if type(raw) is not dict:
+            return None
+        status = raw.get("status")
+        counters = raw.get("stats")
+        if (
+            type(status) is not str
+            or type(counters) is not dict
+            or len(lid) > max_id
+            or not lid.isascii()
+        ):
+            return None
+        rx = counters.get("rx")
+        tx = counters.get("tx")
+        conns = counters.get("conns")
+        totconns = counters.get("totconns", 0)
+        ereq = counters.get("ereq", 0)
+        if (
+            type(rx) is not int
+            or type(tx) is not int
+            or type(conns) is not int
+            or type(totconns) is not int
+            or type(ereq) is not int
+            or not 0 <= rx <= _MAX_COUNTER
+            or not 0 <= tx <= _MAX_COUNTER
+            or not 0 <= conns <= _MAX_CONNS
+            or not 0 <= totconns <= _MAX_COUNTER
+            or not 0 <= ereq <= _MAX_COUNTER
+        ):
+            return None
+        stats = _new(ListenerStats)
+        set_in(stats, rx)
+        set_out(stats, tx)
+        set_conns(stats, conns)
+        set_total(stats, totconns)
+        set_errors(stats, ereq)
+        own: dict[str, PoolReport] = {}
+        owned[lid] = own
+        report = _new(ListenerReport)
+        set_lid(report, lid)
+        set_lstatus(report, status)
+        set_stats(report, stats)
+        set_lpools(report, own)
+        listeners[lid] = report
+
+    set_pid, set_plid, set_pstatus, set_members, set_key = _POOL_SET
+    max_members = limits.max_members
+    pools: dict[str, PoolReport] = {}
+    for key, raw in raw_pools.items():
+        if type(raw) is not dict:
+            return None
+        status = raw.get("status")
+        raw_members = raw.get("members")
+        if (
+            (status is not None and type(status) is not str)
+            or type(raw_members) is not dict
+            or len(raw_members) > max_members
+            or len(key) > max_id
+            or not key.isascii()
+        ):
+            return None
+        members: dict[str, MemberStatus] = {}
+        for mid, raw_status in raw_members.items():
+            if type(raw_status) is not str or len(mid) > max_id or not mid.isascii():
+                return None
+            member = _member_status(raw_status)
+            members[mid] = member if member is not None else MemberStatus.parse(raw_status)
+        pool_id, sep, suffix = key.rpartition(":")
+        if not sep:
+            pool_id = key
+        if pool_id in pools:
+            return None  # the careful path keeps the last entry, at its position
+        listener_id = suffix if sep and suffix else None
+        pool = _new(PoolReport)
+        set_pid(pool, pool_id)
+        set_plid(pool, listener_id)
+        set_pstatus(pool, status)
+        set_members(pool, members)
+        set_key(pool, key)
+        pools[pool_id] = pool
+        if listener_id is not None:
+            own_pools = owned.get(listener_id)
+            if own_pools is not None:
+                own_pools[pool_id] = pool
+
+    heartbeat = _new(Heartbeat)
+    set_id, set_seq, set_version, set_versioned, set_listeners, set_pools, set_recv = _HEARTBEAT_SET
+    set_id(heartbeat, amphora_id)
+    set_seq(heartbeat, seq)
+    set_version(heartbeat, version)
+    set_versioned(heartbeat, True)
+    set_listeners(heartbeat, listeners)
+    set_pools(heartbeat, pools)
+    set_recv(heartbeat, recv_time)
+    return heartbeat

@@ -633,3 +633,78 @@ def test_property_mutated_envelopes_raise_only_heartbeat_errors(
     else:
         env = _mutate(sign(compress(text)), edits)
     _unwrap_and_parse(env)
+
+
+# --- the fast path and the careful path agree -------------------------------------------
+# Unwrapper.unwrap takes a quick route for what senders usually send and hands
+# everything else to the careful route; these pin the hand-over points.
+
+
+def test_deflate_expansion_bound_keeps_direct_zlib_under_the_cap() -> None:
+    """The most compressible zlib payload the fast path inflates unbounded stays under the cap."""
+    unwrapper = Unwrapper(KEY)
+    limit = unwrapper._zlib_direct
+    # Zeros at level 9 compress about as far as deflate allows (~1030:1).
+    data = b"0" * 1_000_000
+    payload = zlib.compress(data, 9)
+    assert len(payload) <= limit
+    assert len(zlib.decompress(payload)) <= unwrapper.max_decompressed
+
+
+@pytest.mark.parametrize("digest", list(Digest))
+def test_payload_beyond_the_direct_limit_takes_the_careful_path(digest: Digest) -> None:
+    """A zlib payload too large for an unbounded inflate is still verified and capped."""
+    unwrapper = Unwrapper(KEY, max_decompressed=CAP)
+    assert unwrapper._zlib_direct < 10
+    assert unwrapper.unwrap(sign(zlib.compress(b'{"a": 1}', 9), digest=digest)) == {"a": 1}
+    big = sign(zlib.compress(_text_of_size(CAP + 1), 9), digest=digest)
+    with pytest.raises(TooLargeError):
+        unwrapper.unwrap(big)
+
+
+@pytest.mark.parametrize("text", [b' {"a": 1}', b'{"a": 1} \n', b'\n{"a": 1}\t'])
+@pytest.mark.parametrize("compress", list(COMPRESSORS.values()), ids=list(COMPRESSORS))
+def test_whitespace_around_the_object_is_accepted(text: bytes, compress: Any) -> None:
+    """JSON text with surrounding whitespace, which the fast scanner leaves aside, is accepted."""
+    assert Unwrapper(KEY).unwrap(sign(compress(text))) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (b'{"a": 1} x', "not_json"),
+        (b'{"a": 1}{}', "not_json"),
+        (b'{"a": 1', "not_json"),
+        (b"\xff{}", "not_json"),
+        (b"[1]", "not_object"),
+    ],
+)
+@pytest.mark.parametrize("digest", list(Digest))
+def test_fast_path_failures_get_the_careful_reason(
+    text: bytes, reason: str, digest: Digest
+) -> None:
+    """Trailing text, truncation, bad UTF-8 and non-objects get the careful path's reason."""
+    with pytest.raises(HeartbeatError) as info:
+        Unwrapper(KEY).unwrap(sign(zlib.compress(text, 9), digest=digest))
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("digest", list(Digest))
+def test_invalid_hmac_costs_one_hmac_per_key(
+    digest: Digest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packet no key verifies is refused after one HMAC per key, naming its trailer form."""
+    import amphora_heartbeat.envelope as envelope_module
+
+    envelope = wrap_envelope(MESSAGE, "other", digest=digest)
+    calls: list[bytes] = []
+    real = envelope_module._hmac
+
+    def counting(key: bytes, msg: bytes, name: str) -> bytes:
+        calls.append(key)
+        return real(key, msg, name)
+
+    monkeypatch.setattr(envelope_module, "_hmac", counting)
+    with pytest.raises(InvalidHMACError, match=digest.value):
+        Unwrapper([KEY, "second", "third"]).unwrap(envelope)
+    assert len(calls) == 3

@@ -833,3 +833,118 @@ def test_property_near_valid_messages_parse_or_are_malformed(msg: dict[str, Any]
 def test_property_arbitrary_json_objects_parse_or_are_malformed(msg: dict[str, Any]) -> None:
     """Any JSON object into from_dict raises only MalformedError, or parses."""
     _parse_or_reject(msg)
+
+
+# --- the fast path and the careful path agree -------------------------------------------
+# from_dict validates what current amphorae send in one tight pass and hands
+# anything else to the careful parser; both must accept the same messages,
+# build equal trees and refuse with the same message.
+
+
+def _careful(d: Any, limits: Limits | None = None, recv_time: float | None = None) -> Heartbeat:
+    from amphora_heartbeat.models import _parse
+
+    return _parse(Heartbeat, d, recv_time, limits or Limits())
+
+
+def _outcome(parse: Callable[[], Heartbeat]) -> Heartbeat | str:
+    try:
+        return parse()
+    except MalformedError as exc:
+        return f"malformed: {exc}"
+
+
+def _assert_same_tree(fast: Heartbeat, careful: Heartbeat) -> None:
+    assert fast == careful
+    assert repr(fast) == repr(careful)
+    assert fast.to_dict() == careful.to_dict()
+    assert [p.key for p in fast.pools.values()] == [p.key for p in careful.pools.values()]
+    for lid, listener in fast.listeners.items():
+        assert list(listener.pools) == list(careful.listeners[lid].pools)
+        for pid, pool in listener.pools.items():
+            assert pool is fast.pools[pid]
+
+
+@pytest.mark.parametrize("version", [2, 3, 7])
+@pytest.mark.parametrize("members", [0, 1, 4])
+def test_fast_path_builds_the_careful_tree(version: int, members: int) -> None:
+    """Standard messages parse to the same tree, pool ownership and keys as the careful parser."""
+    for seed in range(5):
+        d = build_message(version=version, listeners=2, pools=3, members=members, seed=seed)
+        d["pools"]["orphan"] = {"members": {"m": "DRAIN"}}  # bare key, no status
+        d["pools"]["p9:unknown-listener"] = {"status": "DOWN", "members": {}}
+        _assert_same_tree(Heartbeat.from_dict(d, recv_time=1.5), _careful(d, recv_time=1.5))
+        assert Heartbeat.from_dict(d, recv_time=1.5).recv_time == 1.5
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda d: d["pools"].update({"p1:l2": d["pools"]["p1:l1"]}), id="shared-pool"),
+        pytest.param(lambda d: d["pools"]["p1:l1"].update(members=[{"m9": "UP"}]), id="list"),
+        pytest.param(lambda d: d.update(id="ampé"), id="non-ascii-id"),
+        pytest.param(lambda d: d["listeners"]["l1"]["stats"].pop("ereq"), id="no-ereq"),
+        pytest.param(lambda d: d["pools"]["p1:l1"]["members"].update(m1="weird"), id="status"),
+        pytest.param(lambda d: d["pools"]["p1:l1"]["members"].update({"é": "UP"}), id="mid"),
+    ],
+)
+def test_unusual_but_valid_messages_parse_alike(change: Callable[[dict[str, Any]], Any]) -> None:
+    """Messages off the fast path's common shape still parse, to the careful parser's tree."""
+    d = message(3)
+    d["listeners"]["l2"] = {"status": "FULL", "stats": dict(STATS)}
+    change(d)
+    _assert_same_tree(Heartbeat.from_dict(d), _careful(d))
+
+
+def test_mappings_and_subclasses_take_the_careful_path() -> None:
+    """A Mapping that is not a dict, or a Heartbeat subclass, parses to an equal tree."""
+    import types as pytypes
+
+    class Sub(Heartbeat):
+        pass
+
+    d = message(3)
+    assert Heartbeat.from_dict(pytypes.MappingProxyType(d)) == Heartbeat.from_dict(d)
+    sub = Sub.from_dict(d)
+    assert type(sub) is Sub
+    assert sub.listeners == Heartbeat.from_dict(d).listeners
+
+
+_JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-2, max_value=(1 << 64)),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found += _paths(v, (*prefix, k))
+    return found
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_fast_and_careful_paths_agree_on_mutated_messages(data: st.DataObject) -> None:
+    """Any one leaf of a standard message replaced: both paths accept alike or refuse alike."""
+    d = build_message(version=3, listeners=2, pools=2, members=2, seed=1)
+    path = data.draw(st.sampled_from(_paths(d)[1:]))
+    target = d
+    for key in path[:-1]:
+        target = target[key]
+    if data.draw(st.booleans()):
+        target[path[-1]] = data.draw(_JSON_LEAF)
+    else:
+        del target[path[-1]]
+    limits = Limits(max_members=data.draw(st.integers(0, 3)), max_id_length=36)
+    careful = _outcome(lambda: _careful(copy.deepcopy(d), limits))
+    fast = _outcome(lambda: Heartbeat.from_dict(d, limits=limits))
+    if isinstance(careful, str) or isinstance(fast, str):
+        assert fast == careful
+    else:
+        _assert_same_tree(fast, careful)
