@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .envelope import Codec, Digest, Unwrapper, get_hmac, unwrap_envelope, wrap_envelope
 from .errors import HeartbeatError
+from .getter import UDPStatusGetter
 from .models import (
     Heartbeat,
     Limits,
@@ -18,6 +19,7 @@ from .models import (
     PoolReport,
 )
 from .rules import HealthUpdate, LoadBalancerView, derive
+from .sender import UDPStatusSender
 from .tracker import HealthTracker
 
 __version__ = "0.1.0"
@@ -36,6 +38,8 @@ __all__ = [
     "MemberKind",
     "MemberStatus",
     "PoolReport",
+    "UDPStatusGetter",
+    "UDPStatusSender",
     "Unwrapper",
     "__version__",
     "derive",

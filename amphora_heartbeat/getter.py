@@ -1,0 +1,425 @@
+"""Receive heartbeats over UDP: :class:`UDPStatusGetter`, driven by the caller's loop.
+
+The getter keeps Octavia's method names (``dorecv``, ``check``, ``update``,
+``update_health``, ``update_stats``) so a controller can swap its own receiver
+for this one.  It owns a socket and counters; everything it does to a datagram
+happens in :meth:`UDPStatusGetter.handle_datagram`, the socket-free step that
+``dorecv``, the asyncio adapter, tests and replays of captured traffic share.
+
+Threads: one thread at a time receives (``dorecv``/``check``/``handle_datagram``);
+:meth:`~UDPStatusGetter.update` and :meth:`~UDPStatusGetter.close` may be
+called from any other thread meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from .envelope import DEFAULT_MAX_DECOMPRESSED, KeyRing, Unwrapper
+from .errors import REASONS, HeartbeatError
+from .models import Heartbeat, Limits
+
+__all__ = ["Handler", "UDPStatusGetter"]
+
+logger = logging.getLogger("amphora_heartbeat.getter")
+
+#: A function called with each accepted heartbeat and its source IP string.
+Handler = Callable[[Heartbeat, str], object]
+
+#: Bytes read per datagram: more than the largest UDP payload, so nothing is cut.
+_RECV_SIZE = 65536
+
+# Rejection log rate limit: at most _LOG_BURST warnings per _LOG_WINDOW seconds,
+# then one summary line, so a flood of bad packets cannot flood the log.
+_LOG_WINDOW = 10.0
+_LOG_BURST = 5
+
+_DEFAULT_LIMITS = Limits()
+
+
+class _Binding(NamedTuple):
+    # Key and socket change together: a receiving thread reads this pair once
+    # per datagram, so it never judges a packet with the other socket's key.
+    sock: socket.socket
+    unwrapper: Unwrapper
+    address: tuple[str, int]
+
+
+def _resolve(ip: str, port: int) -> tuple[socket.AddressFamily, Any]:
+    """Return the family and socket address of the first getaddrinfo result."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}")
+    try:
+        infos = socket.getaddrinfo(ip, port, 0, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot resolve {ip}:{port}: {exc.strerror}") from exc
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _bind(ip: str, port: int, timeout: float | None, rcvbuf: int | None) -> socket.socket:
+    """Return a UDP socket bound to ip:port with the timeout and receive buffer set."""
+    family, sockaddr = _resolve(ip, port)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind {ip}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def _address(sock: socket.socket) -> tuple[str, int]:
+    name = sock.getsockname()
+    return (name[0], int(name[1]))
+
+
+def _wake_address(address: tuple[str, int]) -> tuple[str, int]:
+    # A socket bound to a wildcard address is reachable on the loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address[0], address[0])
+    return (host, address[1])
+
+
+class UDPStatusGetter:
+    """Receive, verify and parse amphora heartbeats on a UDP socket.
+
+    Binds on construction.  Drive it from your own loop: call :meth:`check`
+    repeatedly (it hands each heartbeat to :meth:`update_health` and
+    :meth:`update_stats`), or :meth:`dorecv` to get heartbeats back, or wait on
+    :meth:`fileno` and call them when it is readable.
+
+    :param key: the heartbeat key (str, UTF-8 encoded, or bytes), or a sequence
+        of keys (a key ring: the first that verifies wins, so keys rotate without loss).
+    :param ip: address to bind (IPv4 or IPv6; the first getaddrinfo result).
+    :param port: UDP port to bind; 0 picks a free one (read it from :attr:`address`).
+    :param timeout: how long :meth:`dorecv` waits for a datagram, in seconds;
+        0 polls, None waits for ever.
+    :param rcvbuf: SO_RCVBUF of every socket bound, in bytes (Octavia's
+        ``sock_rlimit``); None keeps the system default.
+    :param max_decompressed: largest decompressed payload accepted, in bytes.
+    :param limits: bounds on a heartbeat's contents.
+    :param health_handler: called as ``health_handler(heartbeat, srcaddr)`` by
+        :meth:`update_health`; ``srcaddr`` is the source IP string.
+    :param stats_handler: called likewise by :meth:`update_stats`.
+    :raises OSError: the address cannot be resolved or bound (errno kept).
+    """
+
+    def __init__(
+        self,
+        key: KeyRing,
+        ip: str = "127.0.0.1",
+        port: int = 5555,
+        *,
+        timeout: float | None = 1.0,
+        rcvbuf: int | None = None,
+        max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+        limits: Limits = _DEFAULT_LIMITS,
+        health_handler: Handler | None = None,
+        stats_handler: Handler | None = None,
+    ) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be None or a non-negative number of seconds")
+        self._timeout = timeout
+        self._rcvbuf = rcvbuf
+        self._max_decompressed = max_decompressed
+        self._limits = limits
+        self._health_handler = health_handler
+        self._stats_handler = stats_handler
+        self._lock = threading.Lock()
+        self._closed = False
+        # Datagrams still queued on a socket that update() replaced, with the
+        # unwrapper of that socket's key; served before anything else.
+        self._pending: collections.deque[tuple[Unwrapper, bytes, Any]] = collections.deque()
+        # Sockets replaced or closed while a receiving thread may still be in a
+        # system call on them.  Closing such a socket from here would free its
+        # descriptor number for reuse while that thread polls it, so the
+        # receiving thread closes them once its call returns.
+        self._retired: list[socket.socket] = []
+        self._receiving = False
+        self._accepted = 0
+        self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._handler_errors = 0
+        self._log_window_end = float("-inf")
+        self._log_budget = _LOG_BURST
+        self._log_suppressed = 0
+        unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
+        sock = _bind(ip, port, timeout, rcvbuf)
+        self._binding = _Binding(sock, unwrapper, _address(sock))
+
+    def __repr__(self) -> str:
+        host, port = self._binding.address
+        state = "closed" if self._closed else "open"
+        return f"<UDPStatusGetter {host}:{port} {state}>"
+
+    # --- configuration -------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``, as ``getsockname()`` gives it (port 0 resolved)."""
+        return self._binding.address
+
+    @property
+    def timeout(self) -> float | None:
+        """How long :meth:`dorecv` waits for a datagram, in seconds (None: for ever)."""
+        return self._timeout
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def update(self, key: KeyRing | None, ip: str | None = None, port: int | None = None) -> None:
+        """Apply a new key and/or bind another address; safe while another thread receives.
+
+        ``ip`` and ``port`` default to the current ones; ``key`` None keeps the
+        current key.  When ip:port resolves to the current address only the key
+        changes (port 0 always rebinds).  Otherwise the new socket is bound
+        first, then key and socket are swapped together, datagrams still queued
+        on the old socket are kept for the next :meth:`dorecv` calls, and the old
+        socket is closed.  :meth:`fileno` changes when the socket does.
+
+        :raises OSError: the new address cannot be resolved or bound (errno
+            kept, the message naming ip:port); the old socket and key keep serving.
+        """
+        with self._lock:
+            if self._closed:
+                raise ValueError("update() on a closed UDPStatusGetter")
+            old = self._binding
+            new = self._prepare(old, key, ip, port)
+            if new.sock is old.sock:
+                self._binding = new
+                return
+            self._binding = new
+            self._retire(old)
+
+    def _prepare(
+        self, old: _Binding, key: KeyRing | None, ip: str | None, port: int | None
+    ) -> _Binding:
+        """Return the binding an update asks for, binding a new socket if it needs one."""
+        if key is None:
+            unwrapper = old.unwrapper
+        else:
+            unwrapper = Unwrapper(key, max_decompressed=self._max_decompressed)
+        ip = old.address[0] if ip is None else ip
+        port = old.address[1] if port is None else port
+        if port != 0 and tuple(_resolve(ip, port)[1][:2]) == old.address:
+            return _Binding(old.sock, unwrapper, old.address)
+        sock = _bind(ip, port, self._timeout, self._rcvbuf)
+        return _Binding(sock, unwrapper, _address(sock))
+
+    def _retire(self, old: _Binding) -> None:
+        """Keep what the replaced socket still holds, wake its reader, and close it."""
+        sock = old.sock
+        address = old.address
+        # Polling with the socket's timeout would make update() wait it out.
+        sock.setblocking(False)
+        try:
+            while True:
+                data, srcaddr = sock.recvfrom(_RECV_SIZE, socket.MSG_DONTWAIT)
+                if srcaddr is None or (not data and srcaddr[:2] == address):
+                    continue
+                self._pending.append((old.unwrapper, data, srcaddr))
+        except OSError:
+            pass  # EAGAIN: the queue is empty
+        self._wake_and_close(sock, address)
+
+    def _wake_and_close(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        # A thread blocked on this socket would wait out its timeout (or for
+        # ever): an empty datagram from the socket to itself wakes it, and
+        # dorecv drops it.  Called with the lock held.
+        with contextlib.suppress(OSError):
+            sock.sendto(b"", _wake_address(address))
+        self._retired.append(sock)
+        # dorecv sets _receiving before it reads _binding, which was swapped
+        # before this point: if it is clear now, no thread can be using sock.
+        if not self._receiving:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for sock in retired:
+            sock.close()
+
+    # --- receiving -----------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """Return the socket's file descriptor, for selectors and ``loop.add_reader``.
+
+        It changes when :meth:`update` binds a new socket: register it again.
+        """
+        return self._binding.sock.fileno()
+
+    def handle_datagram(self, data: bytes, srcaddr: Any, *, now: float) -> Heartbeat:
+        """Unwrap, parse and count one datagram; return its heartbeat stamped ``recv_time=now``.
+
+        The socket-free step every receive path shares.  ``srcaddr`` is the
+        source address as ``recvfrom`` returns it; ``now`` is the receive time in
+        seconds since the epoch.
+
+        :raises HeartbeatError: the subclass naming why the datagram is refused
+            (counted under ``rejected.<reason>`` and logged, rate-limited).
+        """
+        return self._handle(self._binding.unwrapper, data, srcaddr, now)
+
+    def _handle(self, unwrapper: Unwrapper, data: bytes, srcaddr: Any, now: float) -> Heartbeat:
+        try:
+            heartbeat = Heartbeat.from_dict(
+                unwrapper.unwrap(data), recv_time=now, limits=self._limits
+            )
+        except HeartbeatError as exc:
+            reason = exc.reason
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self.handle_rejection(exc, _source_ip(srcaddr), now=now)
+            raise
+        self._accepted += 1
+        return heartbeat
+
+    def dorecv(self) -> tuple[Heartbeat, str]:
+        """Wait up to :attr:`timeout` for one datagram; return ``(heartbeat, source_ip)``.
+
+        :raises TimeoutError: nothing arrived in time (also with a timeout of 0).
+        :raises HeartbeatError: the datagram was refused (see :meth:`handle_datagram`).
+        :raises OSError: the getter is closed, or the socket failed.
+        """
+        while True:
+            if self._pending:
+                unwrapper, data, srcaddr = self._pending.popleft()
+                return self._handle(unwrapper, data, srcaddr, time.time()), srcaddr[0]
+            self._receiving = True
+            binding = self._binding
+            try:
+                data, srcaddr = binding.sock.recvfrom(_RECV_SIZE)
+            except BlockingIOError:
+                if binding is not self._binding:
+                    continue
+                raise TimeoutError("no heartbeat ready") from None
+            except OSError:
+                # TimeoutError included: a socket replaced by update() while we
+                # waited on it is no error; wait on the new one.
+                if binding is not self._binding and not self._closed:
+                    continue
+                if self._closed:
+                    raise OSError(errno.EBADF, "the UDPStatusGetter is closed") from None
+                raise
+            finally:
+                self._receiving = False
+                if self._retired:
+                    with self._lock:
+                        self._close_retired()
+            if not data and (binding is not self._binding or self._closed):
+                # The wake-up datagram of update() or close().
+                if self._closed:
+                    raise OSError(errno.EBADF, "the UDPStatusGetter is closed")
+                continue
+            return self._handle(binding.unwrapper, data, srcaddr, time.time()), srcaddr[0]
+
+    def check(self) -> Heartbeat | None:
+        """Receive one heartbeat and hand it to :meth:`update_health` and :meth:`update_stats`.
+
+        Return the heartbeat, or None when nothing arrived in time or the
+        datagram was refused.  Never raises for those, nor for an ``Exception``
+        from a handler (logged with its traceback and counted in
+        ``handler_errors``; the heartbeat is still returned).
+
+        :raises OSError: the getter is closed, or the socket failed.
+        """
+        try:
+            heartbeat, srcaddr = self.dorecv()
+        except (TimeoutError, HeartbeatError):
+            return None
+        try:
+            self.update_health(heartbeat, srcaddr)
+        except Exception:
+            self._handler_error("update_health", heartbeat)
+        try:
+            self.update_stats(heartbeat, srcaddr)
+        except Exception:
+            self._handler_error("update_stats", heartbeat)
+        return heartbeat
+
+    def update_health(self, heartbeat: Heartbeat, srcaddr: str) -> None:
+        """Hand a heartbeat to the health handler; override in a subclass instead if you like."""
+        if self._health_handler is not None:
+            self._health_handler(heartbeat, srcaddr)
+
+    def update_stats(self, heartbeat: Heartbeat, srcaddr: str) -> None:
+        """Hand a heartbeat to the stats handler; override in a subclass instead if you like."""
+        if self._stats_handler is not None:
+            self._stats_handler(heartbeat, srcaddr)
+
+    def _handler_error(self, where: str, heartbeat: Heartbeat) -> None:
+        self._handler_errors += 1
+        logger.exception("%s failed for amphora %s", where, heartbeat.amphora_id)
+
+    def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
+        """Report a refused datagram: by default a WARNING, at most a few per 10 seconds.
+
+        Override in a subclass to do something else with rejections (the
+        counters are kept either way).  ``now`` is the receive time, in seconds.
+        """
+        if now >= self._log_window_end:
+            if self._log_suppressed:
+                logger.warning(
+                    "%d more rejected heartbeat datagrams not logged", self._log_suppressed
+                )
+            self._log_window_end = now + _LOG_WINDOW
+            self._log_budget = _LOG_BURST
+            self._log_suppressed = 0
+        if self._log_budget > 0:
+            self._log_budget -= 1
+            # %r keeps control characters from a hostile packet out of the log line.
+            logger.warning(
+                "rejected heartbeat datagram from %s: %s: %r", srcaddr, error.reason, error.message
+            )
+        else:
+            self._log_suppressed += 1
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """A snapshot of the counters, cumulative across :meth:`update` and readable after close.
+
+        ``received`` (every datagram: ``accepted`` plus every rejection),
+        ``accepted``, ``rejected.<reason>`` for each reason in
+        :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
+        """
+        rejected = dict(self._rejected)
+        counts = {"received": self._accepted + sum(rejected.values()), "accepted": self._accepted}
+        for reason, count in rejected.items():
+            counts["rejected." + reason] = count
+        counts["handler_errors"] = self._handler_errors
+        return counts
+
+    # --- life cycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket; a thread blocked in :meth:`dorecv` gets ``OSError``. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            binding = self._binding
+            self._pending.clear()
+            self._wake_and_close(binding.sock, binding.address)
+
+    def __enter__(self) -> UDPStatusGetter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _source_ip(srcaddr: Any) -> str:
+    if isinstance(srcaddr, tuple) and srcaddr:
+        return str(srcaddr[0])
+    return str(srcaddr)
