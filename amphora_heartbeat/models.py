@@ -475,14 +475,14 @@ _POOL_SET = _slot_setters(PoolReport, "pool_id", "listener_id", "status", "membe
 _HEARTBEAT_SET = _slot_setters(
     Heartbeat, "amphora_id", "seq", "version", "versioned", "listeners", "pools", "recv_time"
 )
-_member_status = _MEMBER_CACHE.get
 
 
 def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
     try:
         return _build_fast(d, recv_time, limits)
-    except KeyError:
-        # A key current agents always send is missing: let the careful path judge.
+    except (KeyError, TypeError):
+        # A key current agents always send is missing, or a member status is
+        # new or not a string: let the careful path judge.
         return None
 
 
@@ -576,10 +576,11 @@ def _build_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             return None
         members: dict[str, MemberStatus] = {}
         for mid, raw_status in raw_members.items():
-            if type(raw_status) is not str or len(mid) > max_id or not mid.isascii():
+            if len(mid) > max_id or not mid.isascii():
                 return None
-            member = _member_status(raw_status)
-            members[mid] = member if member is not None else MemberStatus.parse(raw_status)
+            # Only strings are cached: a status never seen (or not a string)
+            # is a KeyError or TypeError, and the careful path parses it.
+            members[mid] = _MEMBER_CACHE[raw_status]
         pool_id, sep, suffix = key.rpartition(":")
         if not sep:
             pool_id = key
