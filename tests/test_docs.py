@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -15,21 +17,28 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 # would paste them.  Functions named test_* that a page defines are then called (a page
 # that shows how to write tests proves its tests pass).
 RUN_PAGES = [
+    "tutorial.md",
     "reference/wire-format.md",
     "reference/errors.md",
     "reference/api.md",
     "explanation/security.md",
+    "how-to/replace-a-controllers-heartbeat-code.md",
     "how-to/rotate-keys.md",
     "how-to/use-zstd.md",
     "how-to/unit-test-payload-parsing.md",
 ]
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
+# A ```text block right after this line is the exact output of the python block before it.
+OUTPUT_MARKER = "<!-- expected output -->"
 
 
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """Return each fenced ```python block of a MyST page with its first line number."""
-    blocks: list[tuple[int, str]] = []
+def page_blocks(text: str) -> list[tuple[str, int, str]]:
+    """Return the page's ```python blocks and marked output blocks, in order.
+
+    Each item is ``(kind, first_line, text)`` with kind ``"python"`` or ``"output"``.
+    """
+    blocks: list[tuple[str, int, str]] = []
     lines = text.splitlines()
     i = 0
     while i < len(lines):
@@ -41,10 +50,18 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
         end = i + 1
         while end < len(lines) and lines[end].rstrip() != fence:
             end += 1
+        body = "\n".join(lines[i + 1 : end]) + "\n"
         if info == "python":
-            blocks.append((i + 2, "\n".join(lines[i + 1 : end]) + "\n"))
+            blocks.append(("python", i + 2, body))
+        elif info == "text" and i > 0 and lines[i - 1].strip() == OUTPUT_MARKER:
+            blocks.append(("output", i + 2, body))
         i = end + 1
     return blocks
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """Return each fenced ```python block of a MyST page with its first line number."""
+    return [(line, body) for kind, line, body in page_blocks(text) if kind == "python"]
 
 
 def _call_tests(namespace: dict[str, Any]) -> int:
@@ -66,14 +83,24 @@ def _call_tests(namespace: dict[str, Any]) -> int:
 
 
 def run_page(page: str) -> dict[str, Any]:
-    """Execute every python block of ``page`` in one namespace; return it."""
+    """Execute every python block of ``page`` in one namespace; return it.
+
+    A marked output block must equal what the python block before it printed.
+    """
     path = DOCS / page
     namespace: dict[str, Any] = {"__name__": f"docs:{page}"}
-    blocks = python_blocks(path.read_text(encoding="utf-8"))
-    assert blocks, f"{page} has no python block to run"
-    for lineno, code in blocks:
-        # Pad so tracebacks point at the page's own line numbers.
-        exec(compile("\n" * (lineno - 1) + code, str(path), "exec"), namespace)
+    blocks = page_blocks(path.read_text(encoding="utf-8"))
+    assert any(kind == "python" for kind, _, _ in blocks), f"{page} has no python block to run"
+    printed = ""
+    for kind, lineno, body in blocks:
+        if kind == "output":
+            assert printed == body, f"{page}:{lineno}: output differs"
+            continue
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            # Pad so tracebacks point at the page's own line numbers.
+            exec(compile("\n" * (lineno - 1) + body, str(path), "exec"), namespace)
+        printed = out.getvalue()
     return namespace
 
 
@@ -105,6 +132,14 @@ def test_fence_parser_finds_only_python_blocks() -> None:
         ]
     )
     assert python_blocks(text) == [(3, "a = 1\n")]
+
+
+def test_output_blocks_are_checked() -> None:
+    """A marked text block is the expected output; an unmarked one is prose."""
+    text = "\n".join(
+        ["```python", "print('hi')", "```", OUTPUT_MARKER, "```text", "hi", "```", "```text", "x"]
+    )
+    assert page_blocks(text) == [("python", 2, "print('hi')\n"), ("output", 6, "hi\n")]
 
 
 def test_every_run_page_exists() -> None:

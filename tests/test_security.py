@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
 import zlib
 
 import pytest
@@ -21,11 +24,14 @@ from amphora_heartbeat import (
 )
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED
 from amphora_heartbeat.errors import (
+    REASONS,
     InvalidHMACError,
     MalformedError,
     NotJSONError,
     TooLargeError,
 )
+from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.sender import UDPStatusSender
 from amphora_heartbeat.testing import build_message
 from amphora_heartbeat.tracker import SeqGuard
 
@@ -83,6 +89,35 @@ def test_unauthenticated_payload_never_reaches_the_decompressor(payload: bytes) 
     with pytest.raises(HeartbeatError) as excinfo:
         unwrap_envelope(_signed(payload), KEY)
     assert excinfo.value.reason in {"too_large", "not_decompressible"}
+
+
+@pytest.mark.parametrize("digest", list(Digest))
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_refused_packet_costs_one_hmac_per_key(
+    digest: Digest, size: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusing a packet computes one HMAC per key of the ring, never a second per trailer form."""
+    import hmac as hmac_module
+
+    from amphora_heartbeat import envelope
+
+    calls: list[int] = []
+    real = hmac_module.digest
+
+    def counting(key: bytes, msg: bytes, name: str) -> bytes:
+        calls.append(1)
+        return real(key, msg, name)
+
+    message = MESSAGE if size == "small" else build_message(listeners=4, members=50)
+    packet = wrap_envelope(message, "outsider", digest=digest)
+    monkeypatch.setattr(envelope, "_hmac", counting, raising=False)
+    monkeypatch.setattr(hmac_module, "digest", counting)
+    with pytest.raises(InvalidHMACError):
+        Unwrapper(["k1", "k2", "k3"]).unwrap(packet)
+    assert len(calls) == 3
+    calls.clear()
+    assert Unwrapper(["k1", "outsider", "k3"]).unwrap(packet) == message
+    assert len(calls) == 2
 
 
 # --- what the HMAC does not protect --------------------------------------------------
@@ -174,17 +209,10 @@ def test_unwrapper_repr_hides_keys() -> None:
 def test_rejections_never_contain_the_key() -> None:
     """No rejection message names the key, whatever the reason."""
     secret = "s3cr3t-key-value"
-    packets = [
-        b"short",
-        wrap_envelope(MESSAGE, "other"),
-        _signed(b"\x78 garbage", secret),
-        _signed(zlib.compress(b"x" * (DEFAULT_MAX_DECOMPRESSED + 1)), secret),
-        _signed(zlib.compress(b"{not json"), secret),
-        _signed(zlib.compress(b"[]"), secret),
-    ]
+    packets = _bad_packets(secret)
     for packet in packets:
         with pytest.raises(HeartbeatError) as excinfo:
-            unwrap_envelope(packet, [secret, secret.encode("utf-16")])
+            Heartbeat.from_dict(unwrap_envelope(packet, [secret, secret.encode("utf-16")]))
         assert secret not in str(excinfo.value)
         assert secret not in repr(excinfo.value)
 
@@ -401,3 +429,148 @@ def test_counters_are_bounded_to_their_columns(counter: str, bound: int) -> None
         else:
             with pytest.raises(MalformedError, match=counter):
                 Heartbeat.from_dict(message)
+
+
+# --- the receiver: source address, logs, bounds, floods ------------------------------
+
+
+def _wait_for(getter: UDPStatusGetter, counter: str, value: int, deadline: float = 10.0) -> None:
+    """Call check() until the counter reaches value (a readiness wait with a deadline)."""
+    end = time.monotonic() + deadline
+    while getter.counters[counter] < value:
+        assert time.monotonic() < end, f"{counter} stuck at {getter.counters[counter]}"
+        getter.check()
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_handlers_get_the_source_address(ip: str) -> None:
+    """Handlers receive the sender's IP, so a controller can compare it to lb_network_ip."""
+    if ip == "::1" and not socket.has_ipv6:
+        pytest.skip("this host has no IPv6")
+    seen: list[tuple[str, str]] = []
+    known_ips = {"amp-1": ip}
+
+    def handler(heartbeat: Heartbeat, srcaddr: str) -> None:
+        if known_ips.get(heartbeat.amphora_id) == srcaddr:
+            seen.append((heartbeat.amphora_id, srcaddr))
+
+    with UDPStatusGetter(KEY, ip, 0, timeout=5.0, health_handler=handler) as getter:
+        host, port = getter.address
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        with UDPStatusSender(KEY, [target]) as sender:
+            sender.dosend(MESSAGE)
+            _wait_for(getter, "accepted", 1)
+    assert seen == [("amp-1", ip)]
+
+
+def _bad_packets(secret: str) -> list[bytes]:
+    return [
+        b"short",
+        wrap_envelope(MESSAGE, "other"),
+        _signed(b"\x78 garbage", secret),
+        _signed(zlib.compress(b"x" * (DEFAULT_MAX_DECOMPRESSED + 1)), secret),
+        _signed(zlib.compress(b"{not json"), secret),
+        _signed(zlib.compress(b"[]"), secret),
+        wrap_envelope({"id": 1, "listeners": {}}, secret),
+    ]
+
+
+def test_keys_never_appear_in_logs_or_reprs(caplog: pytest.LogCaptureFixture) -> None:
+    """Rejections of every reason are logged without the key; reprs hide it too."""
+    secret = "s3cr3t-key-value"
+    caplog.set_level(logging.DEBUG, logger="amphora_heartbeat")
+    with UDPStatusGetter([secret, "second-" + secret], "127.0.0.1", 0, timeout=0) as getter:
+        for i, packet in enumerate(_bad_packets(secret)):
+            with pytest.raises(HeartbeatError):
+                getter.handle_datagram(packet, ("127.0.0.1", 40000), now=1000.0 + 60 * i)
+        assert secret not in repr(getter)
+        counters = getter.counters
+    with UDPStatusSender(secret, ["127.0.0.1:9"]) as sender:
+        assert secret not in repr(sender)
+    assert {f"rejected.{r}" for r in REASONS} <= {k for k, v in counters.items() if v}
+    assert len(caplog.records) == len(REASONS)
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert secret not in caplog.text
+
+
+def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood logs a few warnings per window and one summary; the counters stay exact."""
+    caplog.set_level(logging.WARNING, logger="amphora_heartbeat")
+    bad = wrap_envelope(MESSAGE, "wrong-key")
+    with UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=0) as getter:
+        for _ in range(10_000):
+            with pytest.raises(InvalidHMACError):
+                getter.handle_datagram(bad, ("192.0.2.1", 5555), now=1000.0)
+        first_window = len(caplog.records)
+        # One more rejection after the window: a summary of what was left out, then it.
+        with pytest.raises(InvalidHMACError):
+            getter.handle_datagram(bad, ("192.0.2.1", 5555), now=1000.0 + 3600)
+        assert getter.counters["rejected.invalid_hmac"] == 10_001
+    assert first_window == 5  # the documented burst per 10-second window
+    messages = [r.getMessage() for r in caplog.records[first_window:]]
+    assert messages[0].startswith(f"{10_000 - first_window} more")
+    assert "192.0.2.1" in messages[1]
+    assert "invalid_hmac" in messages[1]
+
+
+def test_good_packets_are_accepted_through_a_flood_of_bad_ones() -> None:
+    """Bad packets interleaved with good ones: every good one is accepted, every bad counted."""
+    rounds, per_round = 20, 50
+    bad = [wrap_envelope(MESSAGE, "wrong-key"), b"\x00" * 100, _signed(b"\x78junk")]
+    with UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=5.0) as getter:
+        target = "{}:{}".format(*getter.address)
+        with UDPStatusSender(KEY, [target]) as sender:
+            for i in range(rounds):
+                for j in range(per_round):
+                    sender.send_envelope(bad[j % len(bad)])
+                sender.dosend(dict(MESSAGE, seq=i))
+                _wait_for(getter, "accepted", i + 1)
+        _wait_for(getter, "received", rounds * (per_round + 1))
+        counters = getter.counters
+    assert counters["accepted"] == rounds
+    assert counters["received"] == rounds * (per_round + 1)
+    assert sum(counters[f"rejected.{r}"] for r in REASONS) == rounds * per_round
+
+
+def test_check_never_raises_for_a_bad_packet() -> None:
+    """check() returns None for a refused datagram and counts it."""
+    with UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=5.0) as getter:
+        with UDPStatusSender("wrong-key", ["{}:{}".format(*getter.address)]) as sender:
+            sender.dosend(MESSAGE)
+        end = time.monotonic() + 10
+        while getter.counters["received"] < 1 and time.monotonic() < end:
+            assert getter.check() is None
+        assert getter.counters["rejected.invalid_hmac"] == 1
+
+
+def test_the_largest_udp_datagram_is_read_whole() -> None:
+    """A valid envelope of 65,507 bytes (the IPv4 UDP maximum) is accepted, not cut."""
+    target = 65_507 - 64  # the payload, before its hex trailer
+    head = b'{"id": "amp-1", "listeners": {}, "pad": "'
+    # Stored (level 0) zlib grows with the document; find the size that fills the datagram.
+    for size in range(target, target - 200, -1):
+        payload = zlib.compress(head + b"a" * (size - len(head) - 2) + b'"}', 0)
+        if len(payload) == target:
+            break
+    datagram = _signed(payload)
+    assert len(datagram) == 65_507
+    with UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=5.0) as getter:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(datagram, getter.address)
+        heartbeat, _ = getter.dorecv()
+    assert heartbeat.amphora_id == "amp-1"
+
+
+def test_getter_applies_its_bounds() -> None:
+    """max_decompressed and limits given to the getter refuse what lies beyond them."""
+    big = _signed(zlib.compress(json.dumps(dict(MESSAGE, pad="x" * 5000)).encode()))
+    many = wrap_envelope(build_message(version=3, listeners=1, members=5), KEY)
+    with UDPStatusGetter(
+        KEY, "127.0.0.1", 0, timeout=0, max_decompressed=4096, limits=Limits(max_members=4)
+    ) as getter:
+        with pytest.raises(TooLargeError):
+            getter.handle_datagram(big, ("127.0.0.1", 1), now=0.0)
+        with pytest.raises(MalformedError):
+            getter.handle_datagram(many, ("127.0.0.1", 1), now=0.0)
+        counters = getter.counters
+    assert counters["rejected.too_large"] == counters["rejected.malformed"] == 1
