@@ -948,7 +948,8 @@ class PostgresStore(_SQLStore):
         errors = self._psycopg.errors
         for attempt in range(self.deadlock_retries + 1):
             try:
-                return super().write_tick(write)
+                with self._pipeline():
+                    return super().write_tick(write)
             except StoreError as exc:
                 lost = isinstance(
                     exc.__cause__, (errors.DeadlockDetected, errors.SerializationFailure)
@@ -958,6 +959,20 @@ class PostgresStore(_SQLStore):
                 log.info("tick write lost a deadlock; retrying")
                 time.sleep(random.uniform(0.001, 0.02))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _pipeline(self) -> Iterator[None]:
+        # Pipeline mode sends BEGIN, every statement and COMMIT in one round
+        # trip instead of one each.
+        try:
+            conn = self._connection()
+        except self._psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        try:
+            with conn.pipeline():
+                yield
+        except self._psycopg.Error as exc:
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         """Close the connection (a later call reopens it)."""
