@@ -222,13 +222,19 @@ class HealthTracker:
         timeout = self.heartbeat_timeout
         busy = self._busy
         held = self._held
-        candidates = [t for a, t in self._last.items() if a not in busy and a not in held]
-        deadline = max(min(candidates) + timeout, gate) if candidates else None
+        # When each non-busy amphora goes stale: unheld ones act as soon as they do
+        # (failed over, or newly held); held ones only while fewer than the threshold.
+        unheld = [t for a, t in self._last.items() if a not in busy and a not in held]
+        first_unheld = min(unheld) + timeout if unheld else None
+        held_due = sorted(self._last[a] + timeout for a in held if a not in busy)
         threshold = self.failover_threshold
-        if held and (threshold is None or len(held) < threshold):
-            # Held back, but too few now: the next check past the gate fails them over.
-            deadline = gate if deadline is None else min(deadline, gate)
-        return deadline
+        if held_due:
+            before = held_due if first_unheld is None else [t for t in held_due if t < first_unheld]
+            if before and (threshold is None or len(before) < threshold):
+                # Stale held ones, too few to hold back: each check from then on fails
+                # them over, until an unheld one joins them (which acts as well).
+                return max(gate, before[0])
+        return None if first_unheld is None else max(gate, first_unheld)
 
 
 class SeqGuard:

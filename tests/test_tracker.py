@@ -236,6 +236,17 @@ def test_next_deadline_when_held_fall_below_threshold() -> None:
     assert t.next_deadline() == T0 + 60
 
 
+def test_next_deadline_for_held_amphorae_not_yet_stale_again() -> None:
+    """A held amphora whose record moved on (time running backwards) is due when stale again."""
+    t = tracker(threshold=2)
+    t.record("a", T0 + 300)
+    t.record("b", T0 + 300)
+    t.stale(T0 + 400)  # both held
+    t.record("a", T0 + 390)
+    assert t.held == {"b"}
+    assert t.next_deadline() == T0 + 360
+
+
 def new_things(before: HealthTracker, decision: FailoverDecision) -> bool:
     """Return whether a decision fails anything over or holds a new amphora back."""
     return bool(decision.failover) or bool(set(decision.stopped) - set(before.held))
@@ -251,7 +262,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(operations, st.sampled_from([None, 1, 2, 3]), st.integers(1, 200))
 def test_next_deadline_is_the_least_time_after_which_stale_acts(
     ops: list[tuple[str, str, int]], threshold: int | None, probe: int
@@ -277,8 +288,11 @@ def test_next_deadline_is_the_least_time_after_which_stale_acts(
         return
     after = copy.deepcopy(t)
     assert new_things(t, after.stale(deadline + probe / 100))
+    # Just before it nothing new: at the end of a grace or pause, half a second
+    # earlier; at a record's stale time, that very time (stale needs strictly older).
+    gate = max(T0, t.paused_at if t.paused_at is not None else T0) + 60.0
     before = copy.deepcopy(t)
-    assert not new_things(t, before.stale(deadline - 0.5))
+    assert not new_things(t, before.stale(deadline - 0.5 if deadline <= gate else deadline))
 
 
 # --- SeqGuard -------------------------------------------------------------------------------
