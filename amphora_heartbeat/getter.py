@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .envelope import DEFAULT_MAX_DECOMPRESSED, KeyRing, Unwrapper
 from .errors import REASONS, HeartbeatError
@@ -43,6 +43,7 @@ _LOG_WINDOW = 10.0
 _LOG_BURST = 5
 
 _DEFAULT_LIMITS = Limits()
+_G = TypeVar("_G", bound="UDPStatusGetter")
 
 
 class _Binding(NamedTuple):
@@ -412,7 +413,7 @@ class UDPStatusGetter:
             self._pending.clear()
             self._wake_and_close(binding.sock, binding.address)
 
-    def __enter__(self) -> UDPStatusGetter:
+    def __enter__(self: _G) -> _G:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
