@@ -809,3 +809,33 @@ def test_all_healthy_on_active_enabled_lb_is_all_online(
     for kind, statuses_now in current_statuses(lbv).items():
         expected = {i: "ONLINE" for i, s in statuses_now.items() if s.lower() != "online"}
         assert update.to_dict()[kind] == expected
+
+
+def test_view_rejects_a_member_that_is_not_a_mapping() -> None:
+    """A member entry must be a mapping with an operating_status."""
+    view = SPEC.view()
+    view["pools"]["P1"]["members"]["m1"] = "ONLINE"
+    with pytest.raises(TypeError, match=r"members\.m1"):
+        LoadBalancerView.from_dict(view)
+
+
+def test_view_keeps_any_number_of_distinct_member_statuses() -> None:
+    """Odd current statuses, however many, are kept as given (the shared cache is bounded)."""
+    members = {f"m{i}": {"operating_status": f"odd-{i}"} for i in range(200)}
+    view = view_with(pools={"P": {"operating_status": "ONLINE", "members": members}})
+    del view["listeners"]
+    lbv = LoadBalancerView.from_dict(view)
+    assert [mv.operating_status for mv in lbv.pools["P"].members.values()] == [
+        f"odd-{i}" for i in range(200)
+    ]
+    assert lbv.to_dict() == view
+
+
+def test_apply_pool_change_without_member_changes() -> None:
+    """apply() writes a pool-only change and leaves members as they were."""
+    view = LoadBalancerView.from_dict(SPEC.view())
+    update = HealthUpdate(amphora_id="amp", record_heartbeat=True, pools={"P2": "OFFLINE"})
+    after = view.apply(update)
+    assert after.pools["P2"].operating_status == "OFFLINE"
+    assert after.pools["P2"].members == view.pools["P2"].members
+    assert after.operating_status == view.operating_status
