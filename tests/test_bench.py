@@ -57,15 +57,18 @@ def test_result_median_and_spread() -> None:
 
 
 def test_target_evaluation() -> None:
-    """A target compares medians: met, missed, or not measured."""
+    """A target compares medians, by wall clock and by CPU time: met, missed, or not measured."""
     results = {
-        "a": bench.Result("a", "", rates=[8.0]),
-        "b": bench.Result("b", "", rates=[10.0]),
+        "a": bench.Result("a", "", rates=[8.0], cpu_rates=[10.0]),
+        "b": bench.Result("b", "", rates=[10.0], cpu_rates=[10.0]),
     }
-    assert bench.Target("t", "a", "b", 0.8, ">= 0.8x").evaluate(results)["met"] is True
-    assert bench.Target("t", "a", "b", 0.9, ">= 0.9x").evaluate(results)["met"] is False
+    met = bench.Target("t", "a", "b", 0.8, ">= 0.8x").evaluate(results)
+    assert (met["wall_ratio"], met["wall_met"], met["cpu_met"]) == (0.8, True, True)
+    missed = bench.Target("t", "a", "b", 0.9, ">= 0.9x").evaluate(results)
+    assert (missed["wall_met"], missed["cpu_met"]) == (False, True)
     missing = bench.Target("t", "a", "zzz", 1.0, "> 1x").evaluate(results)
-    assert missing["ratio"] is None
+    assert missing["wall_ratio"] is None
+    assert missing["cpu_met"] is None
 
 
 def test_rounds_are_interleaved() -> None:
@@ -73,15 +76,16 @@ def test_rounds_are_interleaved() -> None:
     order: list[str] = []
 
     def case(name: str) -> bench.Case:
-        def run() -> tuple[int, float]:
+        def run() -> bench.Timing:
             order.append(name)
-            return (0, 0.0) if name == "idle" else (10, 0.5)
+            return (0, 0.0, 0.0) if name == "idle" else (10, 0.5, 0.25)
 
         return bench.Case(name, name, run)
 
     results = bench.run_rounds([case("a"), case("b"), case("idle")], 3)
     assert order == ["a", "b", "idle"] * 3
     assert results["a"].rates == [20.0, 20.0, 20.0]
+    assert results["a"].cpu_rates == [40.0, 40.0, 40.0]
     assert results["idle"].rates == []
     assert len(results["idle"].notes) == 3
 
@@ -89,19 +93,20 @@ def test_rounds_are_interleaved() -> None:
 def test_memory_cases_run(packets: bench.Packets) -> None:
     """Every in-memory case processes packets and reports a positive count."""
     for case in bench._memory_cases(packets, passes=1):
-        ops, seconds = case.run()
+        ops, wall, cpu = case.run()
         assert ops == 20, case.name
-        assert seconds > 0
+        assert wall > 0
+        assert cpu >= 0
 
 
 def test_socket_cases_run_with_a_sender_in_another_process(packets: bench.Packets) -> None:
     """The socket cases receive from a fleet sender process and record its summary."""
     rings = {codec: bench._rings(packets.fleet, codec, 1) for codec in (Codec.ZLIB, Codec.ZSTD)}
-    settings = bench.SocketSettings(max_count=50, paced_rate=500.0, paced_seconds=0.1, idle=1.0)
+    settings = bench.SocketSettings(max_seconds=0.05, paced_rate=500.0, paced_seconds=0.1, idle=0.3)
     cases, senders = bench._socket_cases(packets, rings, settings)
     assert {c.name for c in cases} >= {"floor.udp"}
     for case in cases:
-        ops, _ = case.run()
+        ops, _, _ = case.run()
         assert ops > 0, case.name
         (summary,) = senders[case.name]
         assert summary["sent"] > 0
@@ -168,7 +173,8 @@ def test_quick_json_run_in_a_subprocess() -> None:
     out = subprocess.run(
         [
             *(sys.executable, "-m", "amphora_heartbeat.bench", "--quick", "--json"),
-            *("--passes", "1", "--memory-packets", "2000", "--socket-count", "300"),
+            *("--amphorae", "50", "--passes", "1", "--memory-packets", "2000"),
+            *("--socket-seconds", "0.05"),
             *("--paced-seconds", "0.1", "--rate", "1000", "--profile"),
         ],
         capture_output=True,
@@ -178,6 +184,7 @@ def test_quick_json_run_in_a_subprocess() -> None:
     )
     report = json.loads(out.stdout)
     assert report["settings"]["rounds"] == 3
+    assert report["settings"]["amphorae"] == 50
     assert report["results"]["floor.memory"]["median_per_s"] > 0
     assert len(report["results"]["parse.hex.zlib"]["runs_per_s"]) == 3
     assert {t["target"] for t in report["targets"]} == {t.name for t in bench.TARGETS}
@@ -192,7 +199,7 @@ def test_text_report_in_a_subprocess() -> None:
     out = subprocess.run(
         [
             *(sys.executable, "-m", "amphora_heartbeat.bench", "--quick", "--no-sockets"),
-            *("--passes", "1", "--memory-packets", "1000"),
+            *("--amphorae", "50", "--passes", "1", "--memory-packets", "1000"),
         ],
         capture_output=True,
         text=True,
