@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import signal
 import socket
@@ -43,6 +42,7 @@ import attrs
 
 from .envelope import Codec, Digest, KeyRing, wrap_envelope
 from .models import ListenerStats
+from .sender import parse_address
 from .testing import AmphoraSpec, make_fleet
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "FleetSummary",
     "add_arguments",
     "main",
-    "parse_target",
     "run",
     "run_fleet",
 ]
@@ -82,26 +81,8 @@ _MAX_SLEEP = 0.1
 _CHECK_EVERY = 256
 
 
-def parse_target(target: str) -> tuple[str, int]:
-    """Split ``"ip:port"`` or ``"[ipv6]:port"`` into host and port.
-
-    A bare IPv6 address with a port (``"::1:5555"``) splits at the last colon,
-    as Octavia's agent does.
-
-    :raises ValueError: no port, or a port outside 0-65535.
-    """
-    text = target.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected IP:PORT or [IPv6]:PORT, got {target!r}")
-    return host, int(port)
-
-
 def _resolve(target: str) -> tuple[int, tuple[Any, ...]]:
-    host, port = parse_target(target)
+    host, port = parse_address(target)
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     return family, sockaddr
 
@@ -547,17 +528,15 @@ def _fraction(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``fleet`` command's options to ``parser``."""
+    from .__main__ import add_key_arguments  # noqa: PLC0415  (__main__ loads this module)
+
     parser.add_argument(
         "--to",
         required=True,
         metavar="IP:PORT[,IP:PORT...]",
         help="controllers to send to; each amphora round-robins over them",
     )
-    keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--key", help="heartbeat key (prefer --key-file or AMPHORA_HEARTBEAT_KEY)")
-    keys.add_argument(
-        "--key-file", metavar="F", help="file holding the key (UTF-8; first line signs)"
-    )
+    add_key_arguments(parser)
     parser.add_argument("--amphorae", type=int, required=True, metavar="N")
     parser.add_argument("--listeners", type=int, default=2, metavar="L")
     parser.add_argument("--pools", type=int, default=2, metavar="P")
@@ -601,17 +580,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_key(args: argparse.Namespace) -> KeyRing:
-    if args.key is not None:
-        return str(args.key)
-    if args.key_file is not None:
-        with open(args.key_file, encoding="utf-8") as f:
-            text = f.read()
-        lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
-        return lines if len(lines) > 1 else lines[0]
-    key = os.environ.get("AMPHORA_HEARTBEAT_KEY")
-    if key is None:
-        raise SystemExit("a key is needed: --key-file F, AMPHORA_HEARTBEAT_KEY or --key K")
-    return key
+    # The command line's own key handling; its CommandError becomes a
+    # ValueError so that whichever copy of __main__ runs reports it.
+    from .__main__ import CommandError, load_key  # noqa: PLC0415  (__main__ loads this module)
+
+    try:
+        return load_key(args)
+    except CommandError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

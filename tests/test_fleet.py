@@ -22,7 +22,6 @@ from amphora_heartbeat.fleet import (
     Fleet,
     FleetProgress,
     add_arguments,
-    parse_target,
     run_fleet,
 )
 from amphora_heartbeat.models import Heartbeat, MemberKind
@@ -82,14 +81,20 @@ def parse(packets: list[bytes]) -> list[Heartbeat]:
     return [Heartbeat.from_dict(unwrapper.unwrap(p)) for p in packets]
 
 
-def test_parse_target_forms() -> None:
-    """IPv4, bracketed IPv6 and bare IPv6 (split at the last colon) all parse."""
-    assert parse_target("127.0.0.1:5555") == ("127.0.0.1", 5555)
-    assert parse_target("[::1]:5555") == ("::1", 5555)
-    assert parse_target("::1:5555") == ("::1", 5555)
-    for bad in ("127.0.0.1", "127.0.0.1:", ":5555", "[::1]5555", "1.2.3.4:70000", "a:b"):
-        with pytest.raises(ValueError, match="IP:PORT"):
-            parse_target(bad)
+def test_targets_take_the_senders_address_forms() -> None:
+    """IPv4 and bracketed IPv6 targets work; a target without a port is the caller's ValueError."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as six:
+        try:
+            six.bind(("::1", 0))
+        except OSError:
+            pytest.skip("this host has no IPv6 loopback")
+        port = six.getsockname()[1]
+        six.settimeout(DEADLINE)
+        run_fleet([f"[::1]:{port}"], KEY, amphorae=1, rate=100, count=1)
+        assert parse([six.recv(65536)])[0].seq == 0
+    for bad in ("127.0.0.1", "[::1]5555", "127.0.0.1:70000"):
+        with pytest.raises(ValueError, match="port"):
+            run_fleet([bad], KEY, amphorae=1, count=1)
 
 
 def test_fleet_sends_valid_version_3_heartbeats(receivers: list[Receiver]) -> None:
@@ -283,12 +288,13 @@ def test_add_arguments_parses_the_issue_options() -> None:
     add_arguments(parser)
     args = parser.parse_args(
         [
-            *("--to", "127.0.0.1:1,[::1]:2", "--key-file", "f", "--amphorae", "5"),
+            *("--to", "127.0.0.1:1,[::1]:2", "--key", "a", "--key", "b", "--amphorae", "5"),
             *("--listeners", "1", "--pools", "3", "--members", "2", "--rate", "max"),
             *("--duration", "2", "--codec", "zstd", "--silent", "0.5", "--message-version", "1"),
         ]
     )
     assert math.isinf(args.rate)
+    assert args.key == ["a", "b"]
     assert (args.listeners, args.pools, args.members, args.codec) == (1, 3, 2, "zstd")
     with pytest.raises(SystemExit):
         parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "1", "--interval", "1"])
@@ -298,8 +304,10 @@ def test_add_arguments_parses_the_issue_options() -> None:
         parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "-3"])
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "amphora_heartbeat.fleet", *args]
+def _cli(*args: str, module: str = "amphora_heartbeat.fleet") -> list[str]:
+    if module == "amphora_heartbeat":
+        return [sys.executable, "-m", module, "fleet", *args]
+    return [sys.executable, "-m", module, *args]
 
 
 def test_cli_sends_and_prints_json_summary(receivers: list[Receiver], tmp_path: Path) -> None:
@@ -336,12 +344,16 @@ def test_cli_sends_and_prints_json_summary(receivers: list[Receiver], tmp_path: 
     assert KEY not in out.stdout + out.stderr
 
 
-def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver]) -> None:
-    """AMPHORA_HEARTBEAT_KEY supplies the key; without --json the summary is one line."""
+@pytest.mark.parametrize("module", ["amphora_heartbeat", "amphora_heartbeat.fleet"])
+def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver], module: str) -> None:
+    """`python -m amphora_heartbeat fleet` (and the module itself) read AMPHORA_HEARTBEAT_KEY."""
     rx = receivers[0]
     env = dict(os.environ, AMPHORA_HEARTBEAT_KEY=KEY)
     out = subprocess.run(
-        _cli("--to", rx.target, "--amphorae", "2", "--count", "2", "--interval", "0.01"),
+        _cli(
+            *("--to", rx.target, "--amphorae", "2", "--count", "2", "--interval", "0.01"),
+            module=module,
+        ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -352,11 +364,12 @@ def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver]) -
     assert len(parse(rx.wait_for(2))) == 2
 
 
-def test_cli_without_key_fails_clearly(receivers: list[Receiver]) -> None:
+@pytest.mark.parametrize("module", ["amphora_heartbeat", "amphora_heartbeat.fleet"])
+def test_cli_without_key_fails_clearly(receivers: list[Receiver], module: str) -> None:
     """No key anywhere: a non-zero exit and a message saying how to give one."""
     env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
     out = subprocess.run(
-        _cli("--to", receivers[0].target, "--amphorae", "1", "--count", "1"),
+        _cli("--to", receivers[0].target, "--amphorae", "1", "--count", "1", module=module),
         check=False,
         capture_output=True,
         text=True,
@@ -364,7 +377,8 @@ def test_cli_without_key_fails_clearly(receivers: list[Receiver]) -> None:
         env=env,
     )
     assert out.returncode != 0
-    assert "key" in out.stderr
+    assert "a key is needed" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_cli_stops_cleanly_on_sigterm(receivers: list[Receiver]) -> None:
