@@ -756,6 +756,9 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: the database is unreachable: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: cannot receive on {args.bind}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace, key: str | list[str], ip: str, port: int) -> int:

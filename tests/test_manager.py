@@ -836,3 +836,116 @@ def test_stored_view_feeds_the_rules_directly() -> None:
     view = LoadBalancerView.from_dict(sv.view, udp_listeners_down=sv.udp_listeners_down)
     assert view.to_dict() == amp.view()
     assert TickWrite(now=T0).health == {}
+
+
+# --- more edges ----------------------------------------------------------------------
+
+
+def test_step_takes_what_the_getter_has_ready(store: AnyStore, getter: UDPStatusGetter) -> None:
+    """Without run(), step() drains the getter itself, bad datagrams counted and skipped."""
+    fleet = make_fleet(3, seed=90)
+    store.add_fleet(fleet)
+    m = HealthManager(getter, store)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"junk" * 20, getter.address)
+        for amp in fleet:
+            sock.sendto(wrap_envelope(amp.message(), KEY), getter.address)
+    _wait(
+        lambda: (m.step(time.time()), m.counters["heartbeats_judged"] == 3)[1],
+        what="three heartbeats judged",
+    )
+    assert len(store.read_health()) == 3
+    assert m.counters["received"] == 4
+
+
+class BrokenViews:
+    """A store whose views the rules refuse (a bug, or a hand-edited database)."""
+
+    def __init__(self, inner: AnyStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read_views(self, ids: Sequence[str]) -> dict[str, StoredView]:
+        return {a: StoredView(a, "ALLOCATED", "lb", {"id": 5}) for a in ids}
+
+
+def test_a_tick_that_raises_drops_its_batch_and_goes_on(store: AnyStore) -> None:
+    """An unexpected error drops that tick's heartbeats (counted) instead of looping on them."""
+    (amp,) = make_fleet(1, seed=91)
+    m = HealthManager(None, BrokenViews(store), started=T0)  # type: ignore[arg-type]
+    m.submit(_hb(amp, T0))
+    report = m.step(T0)
+    assert report.failed
+    assert m.counters["tick_errors"] == 1
+    assert m.counters["dropped"] == 1
+    assert m.step(T0 + 1).heartbeats == 0
+
+
+def test_a_failover_that_ends_while_the_store_fails_is_recorded_later(store: AnyStore) -> None:
+    """The end of a failover waits for the store to come back, then deletes the row."""
+    _reporting(store, 1, 92, T0)
+    flaky = FlakyStore(store)
+    calls = Failovers()
+    calls.gate.clear()
+    m = HealthManager(
+        None, flaky, heartbeat_timeout=10, health_check_interval=100, failover=calls, started=T0
+    )  # type: ignore[arg-type]
+    m.step(T0 + 20)
+    _wait(lambda: calls.running == 1, what="the failover running")
+    assert not m.wait_failovers(0.05)
+    calls.gate.set()
+    assert m.wait_failovers(30)
+    flaky.down = True
+    m.step(T0 + 21)
+    assert m.counters["failovers_succeeded"] == 0
+    flaky.down = False
+    m.step(T0 + 30)
+    assert m.counters["failovers_succeeded"] == 1
+    assert store.read_health() == {}
+    m.close()
+
+
+def _manager_command(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat.manager", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_manager_command_reports_bad_bind_unreachable_store_and_busy_port(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """A bad --bind is exit 2; an unreachable database or a port in use, exit 1."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    done = _manager_command("--db", db, "--key-file", str(key_file), "--bind", "nowhere")
+    assert (done.returncode, "--bind" in done.stderr) == (2, True)
+    done = _manager_command(
+        "--db", "postgresql://nobody@127.0.0.1:9/none", "--key-file", str(key_file)
+    )
+    assert (done.returncode, "unreachable" in done.stderr) == (1, True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        env = dict(os.environ, AMPHORA_HEARTBEAT_KEY=KEY)
+        done = _manager_command("--db", db, "--bind", f"127.0.0.1:{port}", env=env)
+    assert (done.returncode, "cannot receive" in done.stderr) == (1, True)
+
+
+def test_key_file_lines_make_a_key_ring(tmp_path: Path) -> None:
+    """Several lines in --key-file are a key ring; one trailing newline is ignored."""
+    import argparse
+
+    from amphora_heartbeat.manager import _read_key
+
+    ring = tmp_path / "ring"
+    ring.write_text("new\nold\n", encoding="utf-8")
+    assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) == ["new", "old"]
+    assert _read_key(argparse.Namespace(key_file=None, key="k")) == "k"
