@@ -236,7 +236,12 @@ class Heartbeat:
             limit, naming the path of what is wrong.
         """
         if type(d) is dict and cls is Heartbeat:
-            heartbeat = _parse_fast(d, recv_time, limits)
+            try:
+                heartbeat = _parse_fast(d, recv_time, limits)
+            except (KeyError, TypeError):
+                # A key current agents always send is missing, or a member
+                # status is new or not a string: the careful path judges.
+                heartbeat = None
             if heartbeat is not None:
                 return heartbeat
         if not isinstance(d, Mapping):
@@ -450,8 +455,9 @@ def _parse(
 # What current amphorae send (version 2 or later, members as an object, ASCII ids,
 # no pool id twice) is validated by _parse_fast in one tight pass that builds the
 # tree as it goes, with no error paths prepared and objects made directly through
-# their slots (each class's own __init__ costs about a third more).  It returns
-# None at the first thing it does not expect, and _parse then judges the message
+# their slots (each class's own __init__ costs about a third more).  At the first
+# thing it does not expect it returns None (or a missing key or an uncached
+# member status raises KeyError or TypeError), and _parse then judges the message
 # from the start: it accepts exactly the same messages, builds an equal tree, and
 # names the path of whatever is wrong.
 
@@ -478,15 +484,6 @@ _HEARTBEAT_SET = _slot_setters(
 
 
 def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
-    try:
-        return _build_fast(d, recv_time, limits)
-    except (KeyError, TypeError):
-        # A key current agents always send is missing, or a member status is
-        # new or not a string: let the careful path judge.
-        return None
-
-
-def _build_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
     # Subscripts rather than .get(): cheaper, and a KeyError ends the fast path.
     amphora_id = d["id"]
     seq = d.get("seq", 0)
