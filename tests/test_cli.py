@@ -244,3 +244,33 @@ def test_main_in_process_send_error(capsys: pytest.CaptureFixture[str], tmp_path
 def test_parser_builds() -> None:
     """The parser builds with every installed plugin command."""
     assert build_parser().prog == "amphora-heartbeat"
+
+
+def test_demo_redraws_live_on_a_terminal() -> None:
+    """On a terminal the demo redraws its table in place and ends with the final table."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        command("demo", "--duration", "1.5", "--amphorae", "2"),
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(DEADLINE) == 0
+    assert proc.stderr is not None
+    proc.stderr.close()
+    out = b"".join(chunks).decode()
+    assert out.count("\x1b[H\x1b[2J") >= 2
+    assert "=== final" in out
+    assert "--- snapshot" not in out
