@@ -274,3 +274,38 @@ def test_demo_redraws_live_on_a_terminal() -> None:
     assert out.count("\x1b[H\x1b[2J") >= 2
     assert "=== final" in out
     assert "--- snapshot" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["decode", "--key-file", "/nonexistent/key", "-"],
+        ["decode", "--key", "k", "/nonexistent/capture"],
+        ["send", "--key", "k", "--to", "127.0.0.1:9", "/nonexistent/message.json"],
+        ["demo", "--duration", "0"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Unreadable files and impossible values are one-line usage errors (exit 2)."""
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_send_refuses_non_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """send refuses JSON that is not an object, and JSON that is not JSON."""
+    path = tmp_path / "m.json"
+    path.write_text("[1, 2]")
+    assert main(["send", "--key", "k", "--to", "127.0.0.1:9", str(path)]) == 2
+    path.write_text("{nope")
+    assert main(["send", "--key", "k", "--to", "127.0.0.1:9", str(path)]) == 2
+    assert "JSON" in capsys.readouterr().err
+
+
+def test_decode_malformed_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A datagram that verifies but holds no valid heartbeat prints the message, then exit 1."""
+    path = tmp_path / "capture"
+    path.write_bytes(wrap_envelope({"seq": 1}, "k"))
+    assert main(["decode", "--key", "k", "--key", "k2", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "key: 1 of 2" in out
+    assert "rejected: malformed" in out

@@ -496,3 +496,25 @@ def test_repr_never_shows_key() -> None:
         text = repr(getter)
     assert "hidden-key" not in text
     assert "127.0.0.1" in text
+
+
+def test_constructor_checks_timeout() -> None:
+    """A negative timeout is the caller's mistake; the timeout is readable."""
+    with pytest.raises(ValueError, match="timeout"):
+        UDPStatusGetter("k", "127.0.0.1", 0, timeout=-1)
+    with UDPStatusGetter("k", "127.0.0.1", 0, timeout=0.25) as getter:
+        assert getter.timeout == 0.25
+
+
+def test_check_without_handlers_and_odd_source() -> None:
+    """Without handlers check() just returns heartbeats; a replay may name its source freely."""
+    with (
+        UDPStatusGetter("k", "127.0.0.1", 0, timeout=DEADLINE) as getter,
+        UDPStatusSender("k", [format_address(getter.address)]) as sender,
+    ):
+        sender.dosend(build_message(seq=1))
+        heartbeat = getter.check()
+        assert heartbeat is not None
+        with pytest.raises(HeartbeatError):
+            getter.handle_datagram(b"", "capture.pcap", now=0.0)
+    assert heartbeat.seq == 1
