@@ -949,3 +949,28 @@ def test_key_file_lines_make_a_key_ring(tmp_path: Path) -> None:
     ring.write_text("new\nold\n", encoding="utf-8")
     assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) == ["new", "old"]
     assert _read_key(argparse.Namespace(key_file=None, key="k")) == "k"
+
+
+def test_demo_runs_on_the_manager_and_reads_statuses_back(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's table comes from the database the manager writes (--db, or a temp file)."""
+    import argparse
+
+    from amphora_heartbeat.manager import run_demo
+
+    args = argparse.Namespace(amphorae=2, duration=1.5, interval=0.25, seed=1, db=db_url)
+    assert run_demo(args) == 0
+    out = capsys.readouterr().out
+    final = out.rsplit("=== final", 1)[1]
+    assert final.count("load balancer ") == 2
+    assert "rejected 0" in final
+    assert "ONLINE" in final
+    s = open_store(db_url)
+    assert len(s.read_health()) >= 1
+    s.close()
+    args = argparse.Namespace(amphorae=1, duration=0.3, interval=0.1, seed=2, db=None)
+    assert run_demo(args) == 0
+    assert "a SQLite file in a temporary folder" in capsys.readouterr().out
+    bad = argparse.Namespace(amphorae=0, duration=1, interval=1, seed=1, db=None)
+    assert run_demo(bad) == 2
