@@ -190,6 +190,11 @@ class UDPStatusGetter:
         on the old socket are kept for the next :meth:`dorecv` calls, and the old
         socket is closed.  :meth:`fileno` changes when the socket does.
 
+        The new socket is bound while the old one still holds its address, so
+        moving to another address on the same port fails (``EADDRINUSE``) where the
+        two overlap, e.g. from 127.0.0.1 to 0.0.0.0: move through another port, or
+        close this getter and make a new one.
+
         :raises OSError: the new address cannot be resolved or bound (errno
             kept, the message naming ip:port); the old socket and key keep serving.
         """
