@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,16 @@ RUN_PAGES = [
     "how-to/rotate-keys.md",
     "how-to/use-zstd.md",
     "how-to/unit-test-payload-parsing.md",
+    "how-to/receive-in-a-plain-loop.md",
+    "how-to/receive-with-selectors.md",
+    "how-to/receive-with-asyncio.md",
 ]
+# Pages with python blocks that this module does not run, and why.
+NOT_RUN = {
+    "how-to/judge-heartbeats-in-a-loop.md": "run end to end by tests/test_example_loop.py",
+    "explanation/rules.md": "run by tests/test_example_loop.py",
+    "how-to/run-managers-on-postgresql.md": "needs a PostgreSQL server and a public bind",
+}
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 # A ```text block right after this line is the exact output of the python block before it.
@@ -142,7 +155,85 @@ def test_output_blocks_are_checked() -> None:
     assert page_blocks(text) == [("python", 2, "print('hi')\n"), ("output", 6, "hi\n")]
 
 
-def test_every_run_page_exists() -> None:
-    """Each page listed to run exists (a renamed page cannot silently stop being tested)."""
-    for page in RUN_PAGES:
+def test_every_page_with_code_is_run_or_excused() -> None:
+    """Each listed page exists, and every page with python blocks is run or says why not."""
+    for page in [*RUN_PAGES, *NOT_RUN]:
         assert (DOCS / page).is_file(), page
+    with_code = {
+        path.relative_to(DOCS).as_posix()
+        for path in DOCS.rglob("*.md")
+        if "_build" not in path.parts and python_blocks(path.read_text(encoding="utf-8"))
+    }
+    assert with_code - set(RUN_PAGES) - set(NOT_RUN) == set()
+
+
+# --- the command-line reference matches --help ---------------------------------------
+
+CLI_PAGE = DOCS / "reference" / "cli.md"
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _help(*command: str) -> str:
+    """Return ``python -m amphora_heartbeat [command] --help`` as a user sees it."""
+    env = dict(os.environ, COLUMNS="100")
+    result = subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=DOCS.parent / "tests",
+    )
+    return result.stdout
+
+
+@functools.cache
+def _commands() -> tuple[str, ...]:
+    """Return the subcommands the installed command line offers."""
+    import argparse
+
+    from amphora_heartbeat.__main__ import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return tuple(sorted(action.choices))
+    raise AssertionError("no subcommands")
+
+
+def _sections(page: str) -> dict[str, str]:
+    """Split the CLI page at headings; key each section by the command it names."""
+    sections: dict[str, str] = {}
+    current = ""
+    for line in page.splitlines():
+        if line.startswith("#"):
+            words = re.findall(r"[a-z][a-z-]*", line.lower())
+            current = next((w for w in words if w in _commands()), current)
+        sections[current] = sections.get(current, "") + line + "\n"
+    return sections
+
+
+def test_cli_reference_matches_help() -> None:
+    """Each command and option of --help is in the CLI page, and the page names no other."""
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    sections = _sections(page)
+    offered = set(_OPTION.findall(_help()))
+    for command in _commands():
+        assert command in sections, f"cli.md has no section for {command!r}"
+        options = set(_OPTION.findall(_help(command))) - {"--help"}
+        missing = options - set(_OPTION.findall(sections[command]))
+        assert not missing, f"cli.md's {command!r} section lacks {sorted(missing)}"
+        offered |= options
+    unknown = set(_OPTION.findall(page)) - offered - {"--help"}
+    assert not unknown, f"cli.md names options --help does not offer: {sorted(unknown)}"
+
+
+def test_cli_reference_usage_blocks_are_current() -> None:
+    """Every help text quoted in the CLI page (a block starting 'usage:') is the real one."""
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    quoted = re.findall(r"^```(?:text|console)?\n(usage: .*?)^```$", page, re.M | re.S)
+    for block in quoted:
+        match = re.match(r"usage: amphora-heartbeat(?: (\w[\w-]*))?", block)
+        assert match, block[:80]
+        command = match.group(1)
+        actual = _help(command) if command in _commands() else _help()
+        assert block == actual, f"the quoted help of {command or 'the command'} is stale"

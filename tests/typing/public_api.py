@@ -15,21 +15,29 @@ import amphora_heartbeat
 from amphora_heartbeat import (
     Codec,
     Digest,
+    HealthTracker,
+    HealthUpdate,
     Heartbeat,
     HeartbeatError,
     Limits,
     ListenerReport,
     ListenerStats,
+    LoadBalancerView,
     MemberKind,
     MemberStatus,
     PoolReport,
+    UDPStatusGetter,
+    UDPStatusSender,
     Unwrapper,
+    aio,
+    derive,
     get_hmac,
     unwrap_envelope,
     wrap_envelope,
 )
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED, Unwrapped
 from amphora_heartbeat.errors import REASONS, MalformedError
+from amphora_heartbeat.stats import fold
 from amphora_heartbeat.testing import (
     AmphoraSpec,
     build_envelope,
@@ -37,6 +45,7 @@ from amphora_heartbeat.testing import (
     build_message,
     make_fleet,
 )
+from amphora_heartbeat.tracker import FailoverDecision, SeqGuard
 
 assert_type(amphora_heartbeat.__version__, str)
 
@@ -111,3 +120,52 @@ assert_type(fleet[0].view(), dict[str, Any])
 assert_type(build_message(version=2), dict[str, Any])
 assert_type(build_heartbeat(version=0, recv_time=1.0), Heartbeat)
 assert_type(build_envelope(key="k", codec=Codec.ZSTD), bytes)
+
+# --- receiving, sending, judging -----------------------------------------------------
+
+
+def on_health(heartbeat: Heartbeat, srcaddr: str) -> None:
+    """Take a heartbeat, as a handler does."""
+
+
+getter = UDPStatusGetter(
+    ["k1", b"k2"], "127.0.0.1", 0, timeout=0.5, rcvbuf=1 << 20, health_handler=on_health
+)
+assert_type(getter.address, tuple[str, int])
+assert_type(getter.check(), Heartbeat | None)
+assert_type(getter.dorecv(), tuple[Heartbeat, str])
+assert_type(getter.handle_datagram(datagram, ("127.0.0.1", 1), now=0.0), Heartbeat)
+assert_type(getter.counters, Mapping[str, int])
+assert_type(getter.fileno(), int)
+getter.update("new-key", port=0)
+UDPStatusGetter(42)  # type: ignore[arg-type]
+
+sender = UDPStatusSender("k", ["127.0.0.1:5555", "[::1]:5555"], codec=Codec.ZSTD)
+assert_type(sender.dosend(message), bool)
+assert_type(sender.dosend(heartbeat), bool)
+assert_type(sender.counters, Mapping[str, int])
+
+view = LoadBalancerView.from_dict({}, udp_listeners_down=["lst-1"])
+update = derive(heartbeat, view, now=1.0, heartbeat_interval=10)
+assert_type(update, HealthUpdate)
+assert_type(update.record_heartbeat, bool)
+assert_type(update.reason, str | None)
+assert_type(update.members, Mapping[str, str])
+assert_type(view.apply(update), LoadBalancerView)
+derive(heartbeat, view)  # type: ignore[call-arg]
+assert_type(fold({}, heartbeat), dict[tuple[str, str], ListenerStats])
+
+tracker = HealthTracker(heartbeat_timeout=60, failover_threshold=5, started=0.0)
+tracker.record("amp-1", 1.0)
+assert_type(tracker.stale(100.0), FailoverDecision)
+assert_type(tracker.stale(100.0).failover, tuple[str, ...])
+assert_type(tracker.next_deadline(), float | None)
+assert_type(SeqGuard().check("amp-1", 1), bool)
+
+
+async def serve_briefly() -> None:
+    """Run the asyncio server, as a caller's coroutine does."""
+    async with aio.serve("k", "127.0.0.1", 0, health_handler=on_health) as server:
+        assert_type(server.address, tuple[str, int])
+        assert_type(server.counters, Mapping[str, int])
+        await server.update("k2")
