@@ -33,6 +33,7 @@ __all__ = [
 # 32-bit active_connections.  A value beyond them could never be stored.
 _MAX_COUNTER = (1 << 63) - 1
 _MAX_CONNS = (1 << 31) - 1
+# Both are all-ones masks (2**n - 1), which the fast path's single OR test relies on.
 _MAX_SEQ = (1 << 63) - 1
 
 
@@ -533,11 +534,10 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             or type(conns) is not int
             or type(totconns) is not int
             or type(ereq) is not int
-            or not 0 <= rx <= _MAX_COUNTER
-            or not 0 <= tx <= _MAX_COUNTER
+            # Both bounds are all-ones masks: the OR of non-negative ints is
+            # within one exactly when each is, and negative when any is.
+            or not 0 <= rx | tx | totconns | ereq <= _MAX_COUNTER
             or not 0 <= conns <= _MAX_CONNS
-            or not 0 <= totconns <= _MAX_COUNTER
-            or not 0 <= ereq <= _MAX_COUNTER
         ):
             return None
         stats = _new(ListenerStats)

@@ -948,3 +948,21 @@ def test_fast_and_careful_paths_agree_on_mutated_messages(data: st.DataObject) -
         assert fast == careful
     else:
         _assert_same_tree(fast, careful)
+
+
+@pytest.mark.parametrize("counter", ["rx", "tx", "totconns", "ereq", "conns"])
+@pytest.mark.parametrize("value", [-1, 1 << 31, 1 << 63, -(1 << 70)])
+def test_each_counter_is_bounded_on_the_fast_path(counter: str, value: int) -> None:
+    """A negative or oversized counter anywhere is malformed, naming that counter."""
+    from amphora_heartbeat import models
+
+    for bound in (models._MAX_COUNTER, models._MAX_CONNS):
+        assert bound & (bound + 1) == 0  # all-ones masks, as the fast path's OR needs
+    d = message(3)
+    d["listeners"]["l1"]["stats"][counter] = value
+    limit = models._MAX_CONNS if counter == "conns" else models._MAX_COUNTER
+    if 0 <= value <= limit:
+        assert Heartbeat.from_dict(d).listeners["l1"].stats == _careful(d).listeners["l1"].stats
+    else:
+        with pytest.raises(MalformedError, match=f"stats.{counter}"):
+            Heartbeat.from_dict(d)
