@@ -7,6 +7,7 @@ import logging
 import socket
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -31,8 +32,10 @@ from amphora_heartbeat.errors import (
     TooLargeError,
 )
 from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.manager import HealthManager
 from amphora_heartbeat.sender import UDPStatusSender
-from amphora_heartbeat.testing import build_message
+from amphora_heartbeat.store import SQLiteStore
+from amphora_heartbeat.testing import build_message, make_fleet
 from amphora_heartbeat.tracker import SeqGuard
 
 KEY = "fleet-key"
@@ -574,3 +577,35 @@ def test_getter_applies_its_bounds() -> None:
             getter.handle_datagram(many, ("127.0.0.1", 1), now=0.0)
         counters = getter.counters
     assert counters["rejected.too_large"] == counters["rejected.malformed"] == 1
+
+
+def test_rcvbuf_sets_the_socket_receive_buffer() -> None:
+    """The getter's rcvbuf (Octavia's sock_rlimit) sets SO_RCVBUF on its socket."""
+    sizes = {}
+    for rcvbuf in (None, 65_536):
+        with (
+            UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=0, rcvbuf=rcvbuf) as getter,
+            socket.fromfd(getter.fileno(), socket.AF_INET, socket.SOCK_DGRAM) as view,
+        ):
+            sizes[rcvbuf] = view.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    # Linux reports twice the size asked for (its bookkeeping overhead).
+    assert sizes[65_536] in (65_536, 2 * 65_536)
+    assert sizes[None] != sizes[65_536]
+
+
+def test_manager_writes_nothing_for_an_amphora_it_does_not_know(tmp_path: Path) -> None:
+    """A signed heartbeat naming an unknown amphora adds no health and no statistics rows."""
+    store = SQLiteStore(str(tmp_path / "health.db"))
+    store.create_schema()
+    known, invented = make_fleet(2, seed=9)
+    store.add_fleet([known])
+    manager = HealthManager(None, store)
+    now = time.time()
+    for amphora in (known, invented):
+        manager.submit(Heartbeat.from_dict(amphora.message(seq=1), recv_time=now))
+    manager.step(now)
+    assert set(store.read_health()) == {known.amphora_id}
+    assert {amphora_id for _, amphora_id in store.read_statistics()} == {known.amphora_id}
+    assert manager.counters["unknown_amphora"] == 1
+    manager.close()
+    store.close()
