@@ -609,3 +609,32 @@ def test_manager_writes_nothing_for_an_amphora_it_does_not_know(tmp_path: Path) 
     assert manager.counters["unknown_amphora"] == 1
     manager.close()
     store.close()
+
+
+@pytest.mark.parametrize("signed_with", ["s3cr3t-key-value", "another-key"])
+@pytest.mark.parametrize("key_from", ["env", "file", "argv"])
+def test_command_line_never_prints_the_key(signed_with: str, key_from: str, tmp_path: Path) -> None:
+    """decode, accepting or refusing, prints neither the key nor the key file's contents."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "s3cr3t-key-value"
+    packet = tmp_path / "packet.bin"
+    packet.write_bytes(wrap_envelope(MESSAGE, signed_with))
+    env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
+    args = [sys.executable, "-m", "amphora_heartbeat", "decode", str(packet)]
+    if key_from == "env":
+        env["AMPHORA_HEARTBEAT_KEY"] = secret
+    elif key_from == "file":
+        (tmp_path / "key").write_text(secret + "\n", encoding="utf-8")
+        args += ["--key-file", str(tmp_path / "key")]
+    else:
+        args += ["--key", secret]
+    result = subprocess.run(
+        args, check=False, capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == (0 if signed_with == secret else 1)
+    assert ("invalid_hmac" in result.stdout + result.stderr) is (signed_with != secret)
+    assert secret not in result.stdout
+    assert secret not in result.stderr
