@@ -15,22 +15,18 @@ import binascii
 import importlib
 import json
 import os
-import random
 import re
-import secrets
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
 
 from . import __version__
 from .envelope import ZSTD_MAGIC, Codec, Digest, KeyRing, Unwrapper
 from .errors import HeartbeatError
 from .getter import UDPStatusGetter
-from .models import Heartbeat, ListenerStats
+from .models import Heartbeat
 from .sender import UDPStatusSender, format_address, parse_address
 
 __all__ = ["build_parser", "load_key", "main"]
@@ -42,7 +38,7 @@ KEY_ENV = "AMPHORA_HEARTBEAT_KEY"
 #: is left out.
 _PLUGINS: tuple[tuple[str, str, str], ...] = (
     ("fleet", "amphora_heartbeat.fleet", "simulate a fleet of amphorae sending heartbeats"),
-    # ("manager", "amphora_heartbeat.manager", "run the health manager"),  <- issue 6
+    ("manager", "amphora_heartbeat.manager", "run the health manager"),
 )
 
 
@@ -267,178 +263,16 @@ def _run_decode(args: argparse.Namespace) -> int:
 
 
 # --- demo ------------------------------------------------------------------------------
-# A receiver and a simulated fleet in one process, judged by the rules over an
-# in-memory view.  (The health manager issue moves it onto the manager and a
-# SQLite file; keep this section self-contained so that is one swap.)
-
-
-class _Demo:
-    """State of the demo: the fleet, the views the rules keep, and liveness."""
-
-    def __init__(self, args: argparse.Namespace, start: float) -> None:
-        from .rules import LoadBalancerView  # noqa: PLC0415  (only the demo needs them)
-        from .testing import make_fleet  # noqa: PLC0415
-        from .tracker import HealthTracker  # noqa: PLC0415
-
-        self.fleet = make_fleet(args.amphorae, seed=args.seed, members=3)
-        self.rng = random.Random(args.seed)
-        self.interval = args.interval
-        self.start = start
-        self.duration = args.duration
-        self.views = {a.amphora_id: LoadBalancerView.from_dict(a.view()) for a in self.fleet}
-        self.seq = dict.fromkeys(self.views, 0)
-        self.rounds = 0
-        self.heard: dict[str, float] = {}
-        self.down_until: dict[str, float] = {}
-        self.stale: set[str] = set()
-        # Stale after three missed heartbeats (Octavia: 60 s at a 10 s interval).
-        self.tracker = HealthTracker(heartbeat_timeout=3 * args.interval, started=start)
-        for amphora_id in self.views:
-            self.tracker.record(amphora_id, start)
-        # The last amphora falls silent early enough to go stale within the run.
-        self.silent = self.fleet[-1].amphora_id if len(self.fleet) > 1 else None
-        self.silent_at = start + min(4 * args.interval, args.duration / 4)
-
-    def messages(self, now: float) -> Iterator[dict[str, Any]]:
-        """Yield this round's heartbeat of every amphora still talking."""
-        members = [m for a in self.fleet for p in a.pools for m in p.members]
-        # Now and then a member goes DOWN for a few rounds, and comes back.
-        first = self.rounds == 0
-        self.rounds += 1
-        if members and (first or self.rng.random() < 0.4):
-            member = members[0] if first else self.rng.choice(members)
-            self.down_until[member] = now + self.interval * self.rng.randint(2, 5)
-        for amphora in self.fleet:
-            if amphora.amphora_id == self.silent and now >= self.silent_at:
-                continue
-            member_status = {
-                m: ("DOWN" if self.down_until.get(m, 0) > now else "UP")
-                for p in amphora.pools
-                for m in p.members
-            }
-            pool_status = {
-                p.pool_id: "DOWN" if all(member_status[m] == "DOWN" for m in p.members) else "UP"
-                for p in amphora.pools
-            }
-            stats = {
-                lst.listener_id: ListenerStats(
-                    bytes_in=self.rng.randrange(100_000),
-                    bytes_out=self.rng.randrange(400_000),
-                    active_connections=self.rng.randrange(50),
-                    total_connections=self.rng.randrange(100),
-                )
-                for lst in amphora.listeners
-            }
-            self.seq[amphora.amphora_id] += 1
-            yield amphora.message(
-                seq=self.seq[amphora.amphora_id],
-                stats=stats,
-                pool_status=pool_status,
-                member_status=member_status,
-            )
-
-    def on_heartbeat(self, heartbeat: Heartbeat, srcaddr: str) -> None:
-        """Judge a heartbeat by the rules and keep the changes in the view."""
-        from .rules import derive  # noqa: PLC0415
-
-        view = self.views.get(heartbeat.amphora_id)
-        if view is None or heartbeat.recv_time is None:
-            return
-        update = derive(
-            heartbeat, view, now=heartbeat.recv_time, heartbeat_interval=10 * self.interval
-        )
-        if update.record_heartbeat:
-            self.heard[heartbeat.amphora_id] = heartbeat.recv_time
-            self.tracker.record(heartbeat.amphora_id, heartbeat.recv_time)
-        if update.changed:
-            self.views[heartbeat.amphora_id] = view.apply(update)
-
-    def check_stale(self, now: float) -> None:
-        """Ask the tracker who went silent for too long (a controller would fail it over)."""
-        self.stale.update(self.tracker.stale(now).failover)
-
-    def render(self, now: float, getter: UDPStatusGetter) -> str:
-        """Return the status table at ``now``."""
-        c = getter.counters
-        rejected = c["received"] - c["accepted"]
-        lines = [
-            f"amphora_heartbeat demo: {len(self.fleet)} amphorae -> "
-            f"{format_address(getter.address)}   t = {now - self.start:4.1f} s of "
-            f"{self.duration:g} s",
-            f"heartbeats received {c['received']}, accepted {c['accepted']}, "
-            f"rejected {rejected}; stale amphorae {len(self.stale)}",
-            "",
-            f"{'LOAD BALANCER / LISTENER / POOL / MEMBER':<44}{'STATUS':<11}AMPHORA",
-        ]
-        for amphora in self.fleet:
-            aid = amphora.amphora_id
-            view = self.views[aid]
-            heard = self.heard.get(aid)
-            ago = "never heard" if heard is None else f"heard {now - heard:4.1f} s ago"
-            if aid in self.stale:
-                state = f"STALE ({ago}): would fail over"
-            elif aid == self.silent and now >= self.silent_at:
-                state = f"silent ({ago})"
-            else:
-                state = ago
-            lines.append(
-                f"{'load balancer ' + amphora.load_balancer_id[:8]:<44}"
-                f"{view.operating_status:<11}{aid[:8]} seq {self.seq[aid]:<4} {state}"
-            )
-            for listener in amphora.listeners:
-                status = view.listeners[listener.listener_id].operating_status
-                lines.append(f"{'  listener ' + listener.listener_id[:8]:<44}{status}")
-                for pool in listener.pools:
-                    pool_view = view.pools[pool.pool_id]
-                    lines.append(
-                        f"{'    pool ' + pool.pool_id[:8]:<44}{pool_view.operating_status}"
-                    )
-                    for member in pool.members:
-                        status = pool_view.members[member].operating_status
-                        lines.append(f"{'      member ' + member[:8]:<44}{status}")
-        return "\n".join(lines)
+# A simulated fleet sending to the health manager on 127.0.0.1, which writes a SQLite
+# file in a temporary folder (or --db); the table is read back from the database.
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from .manager import run_demo  # noqa: PLC0415  (only the demo needs the manager)
+
     if args.amphorae < 1 or args.duration <= 0 or args.interval <= 0:
         raise CommandError("--amphorae, --duration and --interval must be positive")
-    out: TextIO = sys.stdout
-    live = out.isatty()
-    start = time.time()
-    demo = _Demo(args, start)
-    end = start + args.duration
-    key = secrets.token_hex(16)  # the demo's own, never shown
-    with (
-        UDPStatusGetter(
-            key, "127.0.0.1", 0, timeout=0.05, health_handler=demo.on_heartbeat
-        ) as getter,
-        UDPStatusSender(key, [format_address(getter.address)]) as sender,
-        _stop_on_signals() as stopped,
-    ):
-        next_round = start
-        next_draw = start + (0.25 if live else 1.0)
-        now = start
-        while now < end and not stopped():
-            if now >= next_round:
-                for message in demo.messages(now):
-                    sender.dosend(message)
-                next_round += args.interval
-            getter.check()
-            now = time.time()
-            demo.check_stale(now)
-            if now >= next_draw:
-                if live:
-                    out.write("\x1b[H\x1b[2J" + demo.render(now, getter) + "\n")
-                else:
-                    out.write(f"--- snapshot at {now - start:.1f} s\n{demo.render(now, getter)}\n")
-                out.flush()
-                next_draw += 0.25 if live else 1.0
-        now = time.time()
-        if live:
-            out.write("\x1b[H\x1b[2J")
-        out.write(f"=== final, after {now - start:.1f} s\n{demo.render(now, getter)}\n")
-        out.flush()
-    return 0
+    return run_demo(args)
 
 
 # --- the parser ------------------------------------------------------------------------
@@ -493,10 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run a receiver and a simulated fleet, showing every status live",
-        description="Receive heartbeats from a simulated fleet on 127.0.0.1 and show each "
-        "load balancer, listener, pool and member with its operating status, as the rules "
-        "compute it.  Some members go DOWN and come back; one amphora falls silent and goes "
-        "stale.  Live on a terminal, plain snapshots every second otherwise.",
+        description="Run the health manager on 127.0.0.1 with a simulated fleet sending to "
+        "it, and show each load balancer, listener, pool and member with the operating status "
+        "the manager wrote to its database (a SQLite file in a temporary folder, or --db).  "
+        "Some members go DOWN and come back; one amphora falls silent, goes stale and is "
+        "failed over (simulated).  Live on a terminal, plain snapshots every second otherwise.",
     )
     demo.add_argument("--amphorae", type=int, default=3, metavar="N", help="default %(default)s")
     demo.add_argument(
@@ -510,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat interval of the simulated amphorae, seconds; default %(default)s",
     )
     demo.add_argument("--seed", type=int, default=1, help="default %(default)s")
+    demo.add_argument(
+        "--db",
+        metavar="URL",
+        help="database to write: sqlite:///PATH or postgresql://...; default a SQLite file "
+        "in a temporary folder, removed at the end",
+    )
     demo.set_defaults(func=_run_demo)
 
     for name, module_name, help_text in _PLUGINS:

@@ -504,6 +504,8 @@ class HealthManager:
                         len(decision.stopped),
                         self.failover_threshold,
                     )
+            # Log each stale amphora once per silence (it may report and fall silent again).
+            self._unhandled.intersection_update(decision.failover)
             if decision.failover:
                 self._start_failovers(decision.failover, cutoff)
         except StoreError as exc:
@@ -684,36 +686,65 @@ def add_arguments(parser: argparse.ArgumentParser, *, key_options: bool = True) 
     """
     if key_options:
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--key", help="the heartbeat key (prefer --key-file: argv is public)")
+        group.add_argument(
+            "--key",
+            action="append",
+            metavar="K",
+            help="heartbeat key; repeat for a key ring (prefer --key-file or"
+            " $AMPHORA_HEARTBEAT_KEY)",
+        )
         group.add_argument(
             "--key-file",
             metavar="F",
-            help="file holding the key as UTF-8 (several lines: a key ring, first line used to"
-            " send)",
+            help="file holding the key as UTF-8; one trailing newline is ignored; several"
+            " lines make a key ring",
         )
     parser.add_argument(
         "--db",
         required=True,
+        metavar="URL",
         help="sqlite:///PATH (sqlite:////abs/path) or postgresql://USER@HOST:PORT/DB",
     )
-    parser.add_argument("--bind", default="127.0.0.1:5555", help="IP:PORT to receive on")
+    parser.add_argument(
+        "--bind",
+        default="127.0.0.1:5555",
+        metavar="IP:PORT",
+        help="address to receive on; default %(default)s",
+    )
     parser.add_argument(
         "--failover-command",
         metavar="CMD",
         help="run CMD AMPHORA_ID for each stale amphora (exit 0: done; else retried)",
     )
-    parser.add_argument("--heartbeat-timeout", type=float, default=60.0, metavar="S")
-    parser.add_argument("--heartbeat-interval", type=float, default=10.0, metavar="S")
-    parser.add_argument("--health-check-interval", type=float, default=3.0, metavar="S")
-    parser.add_argument("--failover-threshold", type=int, default=None, metavar="N")
-    parser.add_argument("--failover-threads", type=int, default=10, metavar="N")
-    parser.add_argument("--tick", type=float, default=0.1, metavar="S")
+    timing = (
+        ("--heartbeat-timeout", 60.0, "seconds of silence before an amphora is stale"),
+        ("--heartbeat-interval", 10.0, "the amphorae's heartbeat interval, seconds"),
+        ("--health-check-interval", 3.0, "seconds between stale checks"),
+        ("--tick", 0.1, "seconds between database writes"),
+    )
+    for option, default, text in timing:
+        parser.add_argument(
+            option, type=float, default=default, metavar="S", help=text + "; default %(default)s"
+        )
+    parser.add_argument(
+        "--failover-threshold",
+        type=int,
+        metavar="N",
+        help="fail none over when N amphorae are stale at once (storm guard); default none",
+    )
+    parser.add_argument(
+        "--failover-threads",
+        type=int,
+        default=10,
+        metavar="N",
+        help="most failovers at once; default %(default)s",
+    )
     parser.add_argument(
         "--sock-rlimit",
         type=int,
         default=0,
         metavar="BYTES",
-        help="SO_RCVBUF in bytes (0: the system default)",
+        help="SO_RCVBUF in bytes; default 0, the system's",
     )
 
 
@@ -724,17 +755,29 @@ def _split_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _parse_keys(text: str) -> str | list[str] | None:
+    text = text[:-1] if text.endswith("\n") else text
+    lines = text.split("\n")
+    if any(not line for line in lines):
+        return None  # an empty key is refused
+    return lines if len(lines) > 1 else lines[0]
+
+
 def _read_key(args: argparse.Namespace) -> str | list[str] | None:
-    """Return the key from ``--key-file``, ``--key`` or ``AMPHORA_HEARTBEAT_KEY``."""
+    """Return the key from ``--key``, ``--key-file`` or ``AMPHORA_HEARTBEAT_KEY``, or None.
+
+    The command line's conventions: ``--key`` repeated makes a key ring; a key
+    file or the variable holds one key a line (one trailing newline ignored).
+    """
+    keys = getattr(args, "key", None)
+    if keys:
+        return list(keys) if len(keys) > 1 else str(keys[0])
     key_file = getattr(args, "key_file", None)
     if key_file:
         with open(key_file, encoding="utf-8") as f:
-            text = f.read()
-        text = text[:-1] if text.endswith("\n") else text
-        lines = text.split("\n")
-        return lines if len(lines) > 1 else lines[0]
-    key: str | None = getattr(args, "key", None) or os.environ.get("AMPHORA_HEARTBEAT_KEY")
-    return key
+            return _parse_keys(f.read())
+    text = os.environ.get("AMPHORA_HEARTBEAT_KEY")
+    return None if text is None else _parse_keys(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -744,9 +787,16 @@ def run(args: argparse.Namespace) -> int:
     counters as one JSON line at the end (exit status 0).  A missing key or a
     bad option is exit status 2; an unreachable store, 1.
     """
-    key = _read_key(args)
+    try:
+        key = _read_key(args)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read the key file: {exc}", file=sys.stderr)
+        return 2
     if not key:
-        print("error: no key: give --key-file, --key or AMPHORA_HEARTBEAT_KEY", file=sys.stderr)
+        print(
+            "error: no key (or an empty one): give --key-file F, $AMPHORA_HEARTBEAT_KEY or --key K",
+            file=sys.stderr,
+        )
         return 2
     try:
         ip, port = _split_bind(args.bind)

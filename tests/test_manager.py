@@ -948,7 +948,12 @@ def test_key_file_lines_make_a_key_ring(tmp_path: Path) -> None:
     ring = tmp_path / "ring"
     ring.write_text("new\nold\n", encoding="utf-8")
     assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) == ["new", "old"]
-    assert _read_key(argparse.Namespace(key_file=None, key="k")) == "k"
+    assert _read_key(argparse.Namespace(key_file=None, key=["k"])) == "k"
+    assert _read_key(argparse.Namespace(key_file=None, key=["a", "b"])) == ["a", "b"]
+    ring.write_text("a\n\nb\n", encoding="utf-8")
+    assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) is None
+    done = _manager_command("--db", str(tmp_path / "x.db"), "--key-file", str(tmp_path / "none"))
+    assert (done.returncode, "cannot read the key file" in done.stderr) == (2, True)
 
 
 def test_demo_runs_on_the_manager_and_reads_statuses_back(
@@ -974,3 +979,16 @@ def test_demo_runs_on_the_manager_and_reads_statuses_back(
     assert "a SQLite file in a temporary folder" in capsys.readouterr().out
     bad = argparse.Namespace(amphorae=0, duration=1, interval=1, seed=1, db=None)
     assert run_demo(bad) == 2
+
+
+def test_manager_is_a_command_of_the_package_command_line() -> None:
+    """`python -m amphora_heartbeat manager` is the same command as the module's."""
+    done = subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--db URL" in done.stdout
+    assert "--failover-command" in done.stdout
