@@ -99,25 +99,33 @@ def test_unauthenticated_payload_never_reaches_the_decompressor(payload: bytes) 
 def test_a_refused_packet_costs_one_hmac_per_key(
     digest: Digest, size: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Refusing a packet computes one HMAC per key of the ring, never a second per trailer form."""
+    """A refused packet costs one HMAC per key, each compared in constant time."""
     import hmac as hmac_module
 
     from amphora_heartbeat import envelope
 
     calls: list[int] = []
+    compares: list[int] = []
     real = hmac_module.digest
+    real_compare = hmac_module.compare_digest
 
     def counting(key: bytes, msg: bytes, name: str) -> bytes:
         calls.append(1)
         return real(key, msg, name)
 
+    def counting_compare(a: bytes, b: bytes) -> bool:
+        compares.append(1)
+        return real_compare(a, b)
+
     message = MESSAGE if size == "small" else build_message(listeners=4, members=50)
     packet = wrap_envelope(message, "outsider", digest=digest)
     monkeypatch.setattr(envelope, "_hmac", counting, raising=False)
     monkeypatch.setattr(hmac_module, "digest", counting)
+    monkeypatch.setattr(envelope, "_compare", counting_compare, raising=False)
+    monkeypatch.setattr(hmac_module, "compare_digest", counting_compare)
     with pytest.raises(InvalidHMACError):
         Unwrapper(["k1", "k2", "k3"]).unwrap(packet)
-    assert len(calls) == 3
+    assert len(calls) == len(compares) == 3
     calls.clear()
     assert Unwrapper(["k1", "outsider", "k3"]).unwrap(packet) == message
     assert len(calls) == 2
