@@ -52,7 +52,9 @@ import attrs
 from . import __version__
 from .envelope import Codec, Digest, Unwrapper, wrap_envelope
 from .fleet import Fleet
+from .getter import UDPStatusGetter
 from .models import Heartbeat
+from .rules import LoadBalancerView, derive
 
 __all__ = [
     "AMPHORAE",
@@ -319,17 +321,11 @@ def _memory_cases(packets: Packets, passes: int) -> list[Case]:
         return clock.timing(passes * len(messages))
 
     cases.append(Case("from_dict", "Heartbeat.from_dict alone (decoded dicts)", from_dict_only))
-    derive_case = _derive_case(packets, passes)
-    if derive_case is not None:
-        cases.append(derive_case)
+    cases.append(_derive_case(packets, passes))
     return cases
 
 
-def _derive_case(packets: Packets, passes: int) -> Case | None:
-    try:
-        from .rules import LoadBalancerView, derive  # noqa: PLC0415
-    except ImportError:
-        return None
+def _derive_case(packets: Packets, passes: int) -> Case:
     views = [LoadBalancerView.from_dict(spec.view()) for spec in packets.fleet.specs]
     unwrapper = Unwrapper(KEY)
     hex_zlib = packets.by_encoding[Codec.ZLIB, Digest.HEX]
@@ -474,10 +470,6 @@ def _socket_cases(
     cases = [
         Case("floor.udp", "floor behind recvfrom, sender at full speed (hex/zlib)", floor_udp, True)
     ]
-    try:
-        from .getter import UDPStatusGetter  # noqa: PLC0415
-    except ImportError:
-        return cases, senders
 
     def noop(heartbeat: Heartbeat, srcaddr: str) -> None:
         pass
@@ -537,29 +529,17 @@ def _record(
 def measure_memory(packets: Packets, count: int) -> dict[str, Any]:
     """Feed ``count`` packets through the getter's socket-free step; return RSS figures.
 
-    Uses ``UDPStatusGetter.handle_datagram`` when the getter exists, else
-    unwrap + from_dict.  RSS is read after a warm-up of a tenth of the packets
-    and again at the end.
+    The step is ``UDPStatusGetter.handle_datagram``, what ``check()`` does after
+    ``recvfrom``.  RSS is read after a warm-up of a tenth of the packets and
+    again at the end.
     """
     source = packets.by_encoding[Codec.ZLIB, Digest.HEX]
-    step: Callable[[bytes], object]
-    path = "unwrap + from_dict"
-    getter: Any = None
-    try:
-        from .getter import UDPStatusGetter  # noqa: PLC0415
-    except ImportError:
-        unwrapper = Unwrapper(KEY)
+    getter = UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=0)
+    handle = getter.handle_datagram
+    address = ("127.0.0.1", 40000)
 
-        def step(packet: bytes) -> object:
-            return Heartbeat.from_dict(unwrapper.unwrap(packet), recv_time=1.0)
-    else:
-        getter = UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=0)
-        handle = getter.handle_datagram
-        address = ("127.0.0.1", 40000)
-        path = "UDPStatusGetter.handle_datagram"
-
-        def step(packet: bytes) -> object:
-            return handle(packet, address, now=1.0)
+    def step(packet: bytes) -> object:
+        return handle(packet, address, now=1.0)
 
     try:
         warm = max(1, count // 10)
@@ -575,10 +555,9 @@ def measure_memory(packets: Packets, count: int) -> dict[str, Any]:
         gc.collect()
         after = rss_bytes()
     finally:
-        if getter is not None:
-            getter.close()
+        getter.close()
     return {
-        "path": path,
+        "path": "UDPStatusGetter.handle_datagram",
         "packets": count,
         "rss_before_bytes": before,
         "rss_after_bytes": after,
