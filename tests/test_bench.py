@@ -26,6 +26,7 @@ def test_reference_loops_decode_what_the_library_wraps() -> None:
     hex_packet = wrap_envelope(message, bench.KEY)
     raw_packet = wrap_envelope(message, bench.KEY, digest=Digest.RAW)
     assert bench.floor_step(hex_packet) == message
+    assert bench.lean_floor_step(hex_packet) == message
     assert bench.baseline_unwrap(hex_packet) == message
     assert bench.baseline_unwrap(raw_packet) == message
 
