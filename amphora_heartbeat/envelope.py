@@ -251,43 +251,38 @@ class Unwrapper:
             expected = envelope[-RAW_TRAILER_SIZE:]
         for key in self.keys:
             if _compare(_hmac(key, payload, "sha256"), expected):
-                message = self._fast_decode(payload)
-                if message is None:
-                    # Something unusual or bad: the careful path names the reason.
-                    message = _loads(self._inflate(payload)[0])
-                return message
+                # The fast decode, inlined: a small zlib or zstd payload holding a
+                # JSON object.  Anything else, and every error, goes the careful
+                # way, which names the rejection reason.
+                try:
+                    if payload[:4] == ZSTD_MAGIC:
+                        data = self._zstd_fast(payload)
+                    elif len(payload) <= self._zlib_direct:
+                        # Deflate expands at most 1032:1: this payload cannot
+                        # inflate beyond the cap, so no output bound is needed.
+                        data = zlib.decompress(payload)
+                    else:
+                        data = None
+                    if data is not None:
+                        text = data.decode("utf-8")
+                        message, end = _scan_json(text, 0)
+                        if type(message) is dict and end == len(text):
+                            return message
+                except (zlib.error, zstandard.ZstdError, ValueError, StopIteration, RecursionError):
+                    pass
+                return _loads(self._inflate(payload)[0])
         digest = Digest.HEX if len(envelope) - len(payload) == HEX_TRAILER_SIZE else Digest.RAW
         raise InvalidHMACError(
             f"{digest.value} trailer matches no key (wrong key or altered packet)"
         )
 
-    def _fast_decode(self, payload: bytes) -> dict[str, Any] | None:
-        """Inflate and decode a verified payload the quick way, for what senders usually send.
-
-        Return None, raising nothing, for anything else (a large payload, an
-        unknown zstd content size, trailing text, any error): the careful path
-        then judges it and names the reason.
-        """
-        try:
-            if payload[:4] == ZSTD_MAGIC:
-                size = zstandard.get_frame_parameters(payload).content_size
-                if size > self.max_decompressed:  # also the unknown size, 2**64 - 1
-                    return None
-                data = self._dctx.decompress(payload, max_output_size=self.max_decompressed + 1)
-            elif len(payload) <= self._zlib_direct:
-                # Deflate expands at most 1032:1, so this payload cannot inflate
-                # beyond the cap: no output bound (and no decompressobj) needed.
-                data = zlib.decompress(payload)
-            else:
-                return None
-            text = data.decode("utf-8")
-            message, end = _scan_json(text, 0)
-        except (zlib.error, zstandard.ZstdError, ValueError, StopIteration, RecursionError):
+    def _zstd_fast(self, payload: bytes) -> bytes | None:
+        """Inflate a zstd frame that declares a size within the cap; None for any other."""
+        size = zstandard.get_frame_parameters(payload).content_size
+        if size > self.max_decompressed:  # also the unknown size, 2**64 - 1
             return None
-        if type(message) is not dict or end != len(text):
-            # Trailing text (even whitespace) or a non-object: the careful path.
-            return None
-        return message
+        data: bytes = self._dctx.decompress(payload, max_output_size=self.max_decompressed + 1)
+        return data
 
     def inspect(self, envelope: bytes) -> Unwrapped:
         """Like :meth:`unwrap`, and also tell the codec, trailer and key used."""
