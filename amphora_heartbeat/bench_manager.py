@@ -33,7 +33,7 @@ from typing import Any
 
 from .fleet import run_fleet
 from .getter import UDPStatusGetter
-from .manager import HealthManager
+from .manager import HealthManager, tune_gc
 from .store import StoreError, open_store
 from .testing import make_fleet
 
@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    tune_gc()  # as the manager command does
     say(f"health manager on {engine}: {amphorae} amphorae (2 listeners, 2 pools, 4 members)")
     say(f"machine: {os.cpu_count()} cores; {duration:.0f} s per rate after {warmup:.0f} s warm-up")
     runs = []

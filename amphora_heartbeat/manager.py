@@ -29,6 +29,7 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -55,7 +56,17 @@ from .stats import fold
 from .store import StatsUpsert, Store, StoredView, StoreError, TickWrite, open_store
 from .tracker import decide
 
-__all__ = ["DelayHistogram", "FailoverCommand", "HealthManager", "TickReport"]
+__all__ = [
+    "DelayHistogram",
+    "FailoverCommand",
+    "HealthManager",
+    "TickReport",
+    "add_arguments",
+    "main",
+    "run",
+    "run_demo",
+    "tune_gc",
+]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
@@ -748,6 +759,18 @@ def add_arguments(parser: argparse.ArgumentParser, *, key_options: bool = True) 
     )
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector run less often, for a process that runs a manager.
+
+    A manager allocates a few dozen short-lived objects per heartbeat; with the
+    default thresholds the collector's passes cost about a quarter of its CPU
+    time (measured by the benchmark).  Heartbeat trees hold no cycles, so rarer
+    passes free nothing later.  The command line and the benchmark call this;
+    a library caller decides for its own process.
+    """
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _split_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
@@ -823,6 +846,7 @@ def _run(args: argparse.Namespace, key: str | list[str], ip: str, port: int) -> 
             if attempt:
                 raise  # another manager creating the schema at the same time wins once
     store.ping()
+    tune_gc()
     getter = UDPStatusGetter(key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None)
     failover = FailoverCommand(args.failover_command) if args.failover_command else None
     manager = HealthManager(
