@@ -424,6 +424,7 @@ class HealthManager:
             if update.changed:
                 current[lb_id] = view.apply(update)
             if update.record_heartbeat:
+                counts["heartbeats_recorded"] += 1
                 if recv_time > health.get(amphora_id, float("-inf")):
                     health[amphora_id] = recv_time
                 if sv.amphora_status == "FAILOVER_STOPPED":
@@ -449,7 +450,6 @@ class HealthManager:
             stats=[StatsUpsert(k[0], k[1], s, add=k not in replaced) for k, s in rows.items()],
             reallocated=reallocated,
         )
-        counts["heartbeats_recorded"] += 0  # present even when zero
         counts["status_changes"] += (
             len(changes.load_balancers)
             + len(changes.listeners)
@@ -647,7 +647,8 @@ class HealthManager:
         """A snapshot of the counters: the getter's and the manager's own.
 
         ``received``, ``accepted``, ``rejected.<reason>`` (the getter's);
-        ``ticks``, ``heartbeats_judged``, ``rows_written``, ``unknown_amphora``,
+        ``ticks``, ``heartbeats_judged``, ``heartbeats_recorded``, ``rows_written``,
+        ``unknown_amphora``,
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
         ``dropped``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
         ``_held_back`` / ``_waiting``, ``stale_not_failed_over``; gauges
@@ -661,6 +662,7 @@ class HealthManager:
         for name in (
             "ticks",
             "heartbeats_judged",
+            "heartbeats_recorded",
             "rows_written",
             "unknown_amphora",
             "status_changes",
