@@ -413,3 +413,29 @@ def test_cli_stops_cleanly_on_sigterm(receivers: list[Receiver]) -> None:
             proc.wait()
     assert proc.returncode == 0
     assert json.loads(out)["sent"] >= 0
+
+
+def test_a_real_getter_accepts_every_fleet_heartbeat() -> None:
+    """A UDPStatusGetter on 127.0.0.1 accepts all the fleet sends, rejecting none."""
+    from amphora_heartbeat.getter import UDPStatusGetter
+
+    seen: list[Heartbeat] = []
+    with UDPStatusGetter(
+        KEY,
+        "127.0.0.1",
+        0,
+        timeout=0.05,
+        rcvbuf=1 << 20,
+        health_handler=lambda h, s: seen.append(h),
+    ) as getter:
+        host, port = getter.address
+        summary = run_fleet(
+            [f"{host}:{port}"], KEY, amphorae=5, rate=1000, count=20, codec=Codec.ZSTD, silent=0.2
+        )
+        deadline = time.monotonic() + DEADLINE
+        while len(seen) < summary.sent and time.monotonic() < deadline:
+            getter.check()
+        counters = getter.counters
+    assert counters["accepted"] == counters["received"] == 20
+    assert {h.amphora_id for h in seen} == {a.amphora_id for a in make_fleet(5)}
+    assert all(h.recv_time is not None and h.version == 3 for h in seen)
