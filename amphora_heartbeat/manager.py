@@ -30,6 +30,7 @@ import collections
 import concurrent.futures
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import os
@@ -69,9 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("amphora_heartbeat.manager")
-
-# The receiving thread yields the GIL after this many heartbeats.
-_YIELD_EVERY = 16
 
 # Views kept between ticks (by load balancer id); cleared when this many.
 _VIEW_CACHE_SIZE = 200_000
@@ -318,11 +316,6 @@ class HealthManager:
                 time.sleep(0.1)
                 continue
             queue.append(heartbeat)
-            if len(queue) % _YIELD_EVERY == 0:
-                # Under load this thread always has a datagram to parse and would
-                # keep the GIL for a whole switch interval (5 ms) each time the
-                # tick thread comes back from the database: let it in now.
-                time.sleep(0)
 
     # --- one tick ------------------------------------------------------------------
 
@@ -493,6 +486,15 @@ class HealthManager:
         cutoff = now - self.heartbeat_timeout
         try:
             candidates = self.store.stale_amphorae(cutoff)
+            if candidates:
+                # A heartbeat received but not committed yet (the manager is behind)
+                # counts: a slow database must not fail a live amphora over.
+                pending = {
+                    h.amphora_id
+                    for h in itertools.chain(self._backlog, list(self._queue))
+                    if h.recv_time is not None and h.recv_time >= cutoff
+                }
+                candidates = {a: s for a, s in candidates.items() if a not in pending}
             held = {a for a, status in candidates.items() if status == "FAILOVER_STOPPED"}
             order = list(candidates)
             # Managers sharing a database each start somewhere else in the list.

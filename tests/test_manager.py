@@ -992,3 +992,22 @@ def test_manager_is_a_command_of_the_package_command_line() -> None:
     )
     assert "--db URL" in done.stdout
     assert "--failover-command" in done.stdout
+
+
+def test_a_heartbeat_waiting_to_be_written_keeps_its_amphora_from_failover(
+    store: AnyStore,
+) -> None:
+    """When the manager is behind, a received but uncommitted heartbeat still counts."""
+    ids, _ = _reporting(store, 2, 93, T0)
+    fleet = make_fleet(2, seed=93, listeners=1, pools=1, members=1)
+    calls = Failovers()
+    m = _manager(store, heartbeat_timeout=10, health_check_interval=1, failover=calls, max_batch=1)
+    m.submit(_hb(fleet[1], T0 + 19))  # committed by the next tick
+    m.submit(_hb(fleet[0], T0 + 19))  # still waiting when the check runs
+    m.step(T0 + 20)
+    assert m.backlog == 1
+    assert m.wait_failovers(5)
+    assert calls.calls == []
+    m.step(T0 + 20.5)
+    assert store.read_health()[ids[0]][0] == pytest.approx(T0 + 19)
+    m.close()
