@@ -72,7 +72,6 @@ _DEFLATE_MAX_RATIO = 1040
 # Envelopes no longer than this take the careful path (they are too short to be
 # a real heartbeat with a hex trailer, and may be too short for any trailer).
 _FAST_MIN_SIZE = HEX_TRAILER_SIZE + 1
-_hmac = hmac.digest
 _compare = hmac.compare_digest
 # The C scanner json.loads uses, without the wrapper's two regular-expression
 # passes for surrounding whitespace (json.dumps writes none).
@@ -217,6 +216,7 @@ class Unwrapper:
 
     keys: tuple[bytes, ...]
     max_decompressed: int
+    _macs: tuple[hmac.HMAC, ...]
     _dctx: zstandard.ZstdDecompressor
     _zlib_direct: int
 
@@ -229,6 +229,10 @@ class Unwrapper:
             raise ValueError("max_decompressed must be a positive number of bytes")
         self.keys = _encode_keys(key)
         self.max_decompressed = max_decompressed
+        # One keyed HMAC per key, copied for each packet: hmac.digest() would
+        # derive the padded key blocks again every time (about 1.8 us a packet
+        # here, against 1.25 us for copy + update + digest).
+        self._macs = tuple(hmac.new(k, digestmod="sha256") for k in self.keys)
         self._dctx = zstandard.ZstdDecompressor()
         self._zlib_direct = max_decompressed // _DEFLATE_MAX_RATIO
 
@@ -249,8 +253,10 @@ class Unwrapper:
         else:
             payload = envelope[:-RAW_TRAILER_SIZE]
             expected = envelope[-RAW_TRAILER_SIZE:]
-        for key in self.keys:
-            if _compare(_hmac(key, payload, "sha256"), expected):
+        for keyed in self._macs:
+            mac = keyed.copy()
+            mac.update(payload)
+            if _compare(mac.digest(), expected):
                 # The fast decode, inlined: a small zlib or zstd payload holding a
                 # JSON object.  Anything else, and every error, goes the careful
                 # way, which names the rejection reason.
@@ -308,8 +314,10 @@ class Unwrapper:
             payload = envelope[:-RAW_TRAILER_SIZE]
             expected = envelope[-RAW_TRAILER_SIZE:]
             digest = Digest.RAW
-        for index, key in enumerate(self.keys):
-            if hmac.compare_digest(hmac.digest(key, payload, "sha256"), expected):
+        for index, keyed in enumerate(self._macs):
+            mac = keyed.copy()
+            mac.update(payload)
+            if hmac.compare_digest(mac.digest(), expected):
                 return payload, digest, index
         raise InvalidHMACError(
             f"{digest.value} trailer matches no key (wrong key or altered packet)"

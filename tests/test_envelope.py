@@ -694,17 +694,23 @@ def test_invalid_hmac_costs_one_hmac_per_key(
     digest: Digest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A packet no key verifies is refused after one HMAC per key, naming its trailer form."""
-    import amphora_heartbeat.envelope as envelope_module
-
     envelope = wrap_envelope(MESSAGE, "other", digest=digest)
-    calls: list[bytes] = []
-    real = envelope_module._hmac
+    calls: list[int] = []
+    real = hmac.digest
+    real_method = hmac.HMAC.digest
 
+    # An HMAC from the standard library ends in the one-shot function or in the
+    # digest of an HMAC object (the unwrapper copies one keyed object per key).
     def counting(key: bytes, msg: bytes, name: str) -> bytes:
-        calls.append(key)
+        calls.append(1)
         return real(key, msg, name)
 
-    monkeypatch.setattr(envelope_module, "_hmac", counting)
+    def counting_method(self: hmac.HMAC) -> bytes:
+        calls.append(1)
+        return real_method(self)
+
+    monkeypatch.setattr(hmac, "digest", counting)
+    monkeypatch.setattr(hmac.HMAC, "digest", counting_method)
     with pytest.raises(InvalidHMACError, match=digest.value):
         Unwrapper([KEY, "second", "third"]).unwrap(envelope)
     assert len(calls) == 3
