@@ -397,6 +397,9 @@ def unwrap_envelope(
 ) -> dict[str, Any]:
     """Verify, decompress and decode one envelope; return the message as a dict.
 
+    Each thread keeps the unwrappers of the few key rings it used last, so a
+    repeated call costs about what :meth:`Unwrapper.unwrap` does.
+
     :param envelope: the datagram as received.
     :param key: a key (str or bytes) or a sequence of keys (a key ring).
     :param max_decompressed: largest decompressed payload accepted, in bytes.
@@ -408,8 +411,38 @@ def unwrap_envelope(
     return unwrapper.unwrap(bytes(envelope))
 
 
+# Unwrappers kept per thread for unwrap_envelope, at most this many (key rings
+# a process uses at once: usually one, two while keys rotate).
+_UNWRAPPER_CACHE_SIZE = 8
+
+
 def _cached_unwrapper(key: KeyRing, max_decompressed: int) -> Unwrapper:
-    # Reuse the thread's decompression context; keys are cheap to encode.
-    unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
-    unwrapper._dctx = _zstd_decompressor()
+    # Building an Unwrapper (keys encoded, one keyed HMAC each) costs about as
+    # much as unwrapping a packet, so each thread keeps the few it used last,
+    # keyed by the exact key ring and cap.  Only exact str/bytes keys and an
+    # exact int cap are cached: anything else (bytes-like keys, bool caps,
+    # wrong types) is judged afresh by the constructor, which raises for what
+    # it refuses.
+    if type(max_decompressed) is not int:
+        return Unwrapper(key, max_decompressed=max_decompressed)
+    ring: str | bytes | tuple[str | bytes, ...]
+    if type(key) is str or type(key) is bytes:
+        ring = key
+    elif (type(key) is tuple or type(key) is list) and all(
+        type(k) is str or type(k) is bytes for k in key
+    ):
+        ring = tuple(key)
+    else:
+        return Unwrapper(key, max_decompressed=max_decompressed)
+    cache: dict[tuple[object, int], Unwrapper] | None = getattr(_local, "unwrappers", None)
+    if cache is None:
+        cache = _local.unwrappers = {}
+    unwrapper = cache.get((ring, max_decompressed))
+    if unwrapper is None:
+        unwrapper = Unwrapper(ring, max_decompressed=max_decompressed)
+        # Share the thread's decompression context rather than hold one per entry.
+        unwrapper._dctx = _zstd_decompressor()
+        if len(cache) >= _UNWRAPPER_CACHE_SIZE:
+            del cache[next(iter(cache))]  # the oldest entry
+        cache[ring, max_decompressed] = unwrapper
     return unwrapper

@@ -262,6 +262,45 @@ def test_unwrap_envelope_is_thread_safe() -> None:
     assert errors == []
 
 
+def test_unwrap_envelope_reuses_nothing_across_keys_or_caps() -> None:
+    """Repeated calls give each key ring and cap its own verdict, whatever came before."""
+    env = wrap_envelope(MESSAGE, KEY)
+    big = sign(zlib.compress(_text_of_size(CAP + 1)))
+    for _ in range(2):  # the second round runs on whatever the first left behind
+        assert unwrap_envelope(env, KEY) == unwrap_envelope(env, [b"x", KEY]) == MESSAGE
+        with pytest.raises(InvalidHMACError):
+            unwrap_envelope(env, "other")
+        with pytest.raises(InvalidHMACError):
+            unwrap_envelope(env, [b"x"])
+        assert unwrap_envelope(big, KEY, max_decompressed=CAP + 1)["pad"]
+        with pytest.raises(TooLargeError):
+            unwrap_envelope(big, KEY, max_decompressed=CAP)
+
+
+def test_unwrap_envelope_still_refuses_bad_arguments_after_equal_good_ones() -> None:
+    """A bool cap or a bytes-like key is refused even right after its equal int or bytes."""
+    env = wrap_envelope(MESSAGE, KEY)
+    assert unwrap_envelope(env, KEY.encode(), max_decompressed=1 << 20) == MESSAGE
+    with pytest.raises(TypeError):
+        unwrap_envelope(env, memoryview(KEY.encode()), max_decompressed=1 << 20)
+    with pytest.raises(TypeError):
+        unwrap_envelope(env, [memoryview(KEY.encode())])
+    with pytest.raises(TooLargeError):
+        unwrap_envelope(env, KEY, max_decompressed=1)
+    with pytest.raises(TypeError):
+        unwrap_envelope(env, KEY, max_decompressed=True)
+
+
+def test_unwrap_envelope_keeps_few_unwrappers() -> None:
+    """Calls with many different keys keep at most a few unwrappers per thread."""
+    from amphora_heartbeat import envelope as envelope_module
+
+    for i in range(3 * envelope_module._UNWRAPPER_CACHE_SIZE):
+        env = wrap_envelope(MESSAGE, f"key-{i}")
+        assert unwrap_envelope(env, f"key-{i}") == MESSAGE
+    assert len(envelope_module._local.unwrappers) == envelope_module._UNWRAPPER_CACHE_SIZE
+
+
 # --- too_short / invalid_hmac ----------------------------------------------------------
 
 
