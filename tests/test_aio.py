@@ -9,34 +9,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+from _net import DEADLINE, HOSTS
 
 from amphora_heartbeat import Heartbeat, aio
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.sender import UDPStatusSender, format_address
 from amphora_heartbeat.testing import build_message
-
-DEADLINE = 10.0
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(
-            not _ipv6_loopback(), reason="this host cannot bind the IPv6 loopback ::1"
-        ),
-    ),
-]
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 
 import pytest
+from _net import DEADLINE, HOSTS
 
 from amphora_heartbeat import Codec, Digest, Heartbeat, HeartbeatError, Limits
 from amphora_heartbeat.envelope import get_hmac, wrap_envelope
@@ -21,30 +22,6 @@ from amphora_heartbeat.errors import REASONS, InvalidHMACError
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.sender import UDPStatusSender, format_address
 from amphora_heartbeat.testing import build_message
-
-DEADLINE = 10.0
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HAS_IPV6 = _ipv6_loopback()
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param(
-        "::1",
-        id="ipv6",
-        marks=pytest.mark.skipif(
-            not HAS_IPV6, reason="this host cannot bind the IPv6 loopback ::1"
-        ),
-    ),
-]
 
 
 def wait_for(predicate: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:

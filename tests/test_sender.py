@@ -5,28 +5,13 @@ from __future__ import annotations
 import socket
 
 import pytest
+from _net import DEADLINE, needs_ipv6
 
 from amphora_heartbeat import Codec, Digest, Heartbeat
 from amphora_heartbeat.envelope import Unwrapper
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.sender import UDPStatusSender, format_address, parse_address
 from amphora_heartbeat.testing import build_heartbeat, build_message
-
-DEADLINE = 10.0
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(
-    not _ipv6_loopback(), reason="this host cannot bind the IPv6 loopback ::1"
-)
 
 
 @pytest.mark.parametrize(
