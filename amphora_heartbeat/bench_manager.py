@@ -148,6 +148,8 @@ def measure(
         "manager_cpu_share": round(cpu / elapsed, 2),
         "store_errors": counters["store_errors"],
         "failovers": len(failovers),
+        "failovers_held_overloaded": counters["failovers_held_overloaded"],
+        "socket_drops": counters["socket_drops"],
     }
     result["sustained"] = p99 < 1.0 and committed >= 0.97 * rate and result["lost_share"] < 0.01
     store.close()
@@ -202,7 +204,8 @@ def _line(r: dict[str, Any]) -> str:
         f"rate {r['rate']:>8.0f}/s  committed {r['committed_per_s']:>6}/s  "
         f"p50 {r['p50_s']:.3f}s  p99 {r['p99_s']:.3f}s  max {r['max_s']:.3f}s  "
         f"lost {r['lost_share']:.2%}  cpu {r['manager_cpu_share']:.2f}  "
-        f"failovers {r['failovers']}  {'sustained' if r['sustained'] else 'NOT sustained'}"
+        f"failovers {r['failovers']} (held {r['failovers_held_overloaded']:.0f})  "
+        f"{'sustained' if r['sustained'] else 'NOT sustained'}"
     )
 
 

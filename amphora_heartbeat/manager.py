@@ -21,6 +21,14 @@ Two deliberate departures from Octavia's health manager:
 When the manager falls behind, a tick takes everything received meanwhile
 (coalescing); the outcome equals applying the heartbeats one by one, because
 each is judged in arrival order against the view as the previous one left it.
+
+A manager that loses heartbeats holds failovers.  Silence is evidence of a dead
+amphora only if the manager would have heard it: when the kernel dropped
+datagrams on the receive socket (its buffer was full: on Linux, read from
+``/proc/net/udp``) or the manager dropped heartbeats from a full backlog within
+the last ``heartbeat_timeout``, the stale check is paused exactly as after a
+store error (``paused_at`` of :func:`~amphora_heartbeat.tracker.decide`), and
+the amphorae held are logged and counted.
 """
 
 from __future__ import annotations
@@ -76,6 +84,30 @@ _VIEW_CACHE_SIZE = 200_000
 
 #: A failover: called with the amphora id; returning means done, raising means failed.
 Failover = Callable[[str], object]
+
+
+def _socket_drops(fd: int) -> tuple[int, int] | None:
+    """Return ``(inode, drops)`` of the UDP socket ``fd`` from Linux's /proc, or None.
+
+    ``drops`` counts the datagrams the kernel discarded for that socket (its
+    receive buffer was full) since it was created.
+    """
+    try:
+        inode = str(os.fstat(fd).st_ino)
+    except (OSError, ValueError):
+        return None
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split()
+                    # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                    if len(fields) >= 13 and fields[9] == inode:
+                        return int(inode), int(fields[12])
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 class DelayHistogram:
@@ -253,6 +285,11 @@ class HealthManager:
         self.clock = clock
         #: The last time the store failed (seconds since the epoch), or None.
         self.paused_at: float | None = None
+        #: The last stale check that found heartbeats lost (socket or backlog drops), or None.
+        self.overloaded_at: float | None = None
+        self._socket_reading: tuple[int, int] | None = None
+        self._dropped_seen = 0
+        self._held_overloaded: set[str] = set()
         #: Receive-to-commit delays of every committed heartbeat.
         self.delays = DelayHistogram()
         self._queue: collections.deque[Heartbeat] = collections.deque()
@@ -481,6 +518,7 @@ class HealthManager:
 
     def _check(self, now: float) -> None:
         """Run the stale check at ``now``: the tracker's policy over the store's candidates."""
+        self._note_losses(now)
         if now < self._retry_at:
             return
         cutoff = now - self.heartbeat_timeout
@@ -499,15 +537,19 @@ class HealthManager:
             order = list(candidates)
             # Managers sharing a database each start somewhere else in the list.
             random.shuffle(order)
+            # Lost heartbeats pause failover as a store error does: silence proves
+            # nothing for a timeout after the manager last missed something.
+            pauses = [t for t in (self.paused_at, self.overloaded_at) if t is not None]
             decision = decide(
                 order,
                 now=now,
                 started=self.started if self.started is not None else now,
-                paused_at=self.paused_at,
+                paused_at=max(pauses) if pauses else None,
                 heartbeat_timeout=self.heartbeat_timeout,
                 failover_threshold=self.failover_threshold,
                 held=held,
             )
+            self._count_held_overloaded(order, decision.failover, now)
             if decision.stopped and not decision.failover and held != set(decision.stopped):
                 newly = self.store.stop_failovers(decision.stopped, self.clock())
                 if newly:
@@ -523,6 +565,58 @@ class HealthManager:
                 self._start_failovers(decision.failover, cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
+
+    def _note_losses(self, now: float) -> None:
+        """Set :attr:`overloaded_at` to ``now`` if heartbeats were lost since the last check."""
+        lost = 0
+        getter = self.getter
+        reading = None
+        if getter is not None:
+            try:
+                reading = _socket_drops(getter.fileno())
+            except (AttributeError, OSError, ValueError):
+                reading = None
+        if reading is not None:
+            before = self._socket_reading
+            self._socket_reading = reading
+            # The first reading is the baseline (drops before it fall in the start-up
+            # grace); a new socket (the getter rebound) starts counting from zero.
+            if before is not None:
+                drops = reading[1] - before[1] if before[0] == reading[0] else reading[1]
+                if drops > 0:
+                    self._counts["socket_drops"] += drops
+                    lost += drops
+        dropped = self._counts["dropped"]
+        lost += dropped - self._dropped_seen
+        self._dropped_seen = dropped
+        if not lost:
+            return
+        if self.overloaded_at is None or now >= self.overloaded_at + self.heartbeat_timeout:
+            log.warning(
+                "overloaded: %d heartbeats lost (receive buffer full or backlog full);"
+                " no failover until %ss after the last loss",
+                lost,
+                self.heartbeat_timeout,
+            )
+        self._counts["overloads"] += 1
+        self.overloaded_at = now if self.overloaded_at is None else max(self.overloaded_at, now)
+
+    def _count_held_overloaded(
+        self, stale: Sequence[str], started: Sequence[str], now: float
+    ) -> None:
+        """Count and log stale amphorae not failed over because heartbeats were lost."""
+        at = self.overloaded_at
+        if at is None or now >= at + self.heartbeat_timeout:
+            self._held_overloaded.clear()
+            return
+        fresh = [a for a in stale if a not in self._held_overloaded and a not in started]
+        if fresh:
+            self._held_overloaded.update(fresh)
+            self._counts["failovers_held_overloaded"] += len(fresh)
+            log.warning(
+                "%d amphorae stale while the manager loses heartbeats: not failing them over",
+                len(fresh),
+            )
 
     def _start_failovers(self, stale: Sequence[str], cutoff: float) -> None:
         if self.failover is None:
@@ -653,7 +747,11 @@ class HealthManager:
         ``unknown_amphora``,
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
         ``dropped``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
-        ``_held_back`` / ``_waiting``, ``stale_not_failed_over``; gauges
+        ``_held_back`` / ``_waiting`` / ``_held_overloaded`` (stale amphorae not
+        failed over because heartbeats were lost within ``heartbeat_timeout``),
+        ``stale_not_failed_over``, ``socket_drops`` (datagrams the kernel dropped
+        on the receive socket, Linux only), ``overloads`` (stale checks that found
+        heartbeats lost); gauges
         ``tick_seconds`` and ``lag_seconds`` (last tick), ``max_lag_seconds``,
         ``backlog``, and the receive-to-commit delay ``delay_p99_seconds`` and
         ``delay_max_seconds``.
@@ -676,7 +774,10 @@ class HealthManager:
             "failovers_failed",
             "failovers_held_back",
             "failovers_waiting",
+            "failovers_held_overloaded",
             "stale_not_failed_over",
+            "socket_drops",
+            "overloads",
         ):
             out[name] = self._counts[name]
         for name, value in sorted(self._counts.items()):

@@ -1011,3 +1011,72 @@ def test_a_heartbeat_waiting_to_be_written_keeps_its_amphora_from_failover(
     m.step(T0 + 20.5)
     assert store.read_health()[ids[0]][0] == pytest.approx(T0 + 19)
     m.close()
+
+
+def _socket_drops(sock: socket.socket) -> int:
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    with open("/proc/net/udp", encoding="ascii") as f:
+        for line in f:
+            fields = line.split()
+            if fields[9] == inode:
+                return int(fields[12])
+    raise AssertionError("socket not listed in /proc/net/udp")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="Linux's per-socket drop counter")
+def test_datagrams_dropped_by_the_kernel_hold_failovers_for_a_timeout(store: AnyStore) -> None:
+    """A full receive buffer (real kernel drops) pauses failover for heartbeat_timeout."""
+    fleet = make_fleet(2, seed=94, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    calls = Failovers()
+    with UDPStatusGetter(KEY, "127.0.0.1", 0, timeout=0.05, rcvbuf=1024) as small:
+        m = HealthManager(
+            small, store, heartbeat_timeout=10, health_check_interval=1, failover=calls, started=T0
+        )
+        for amp in fleet:
+            m.submit(_hb(amp, T0))
+        m.step(T0)  # the first check reads the drop counter's baseline
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(200):  # far more than a 1 KiB buffer holds, nobody reading
+                sock.sendto(b"x" * 1000, small.address)
+        assert _socket_drops(small._binding.sock) > 0
+        m.step(T0 + 11)  # both stale, but heartbeats were lost: held
+        assert m.wait_failovers(5)
+        assert calls.calls == []
+        assert m.counters["socket_drops"] > 0
+        assert m.counters["failovers_held_overloaded"] == 2
+        assert m.overloaded_at == T0 + 11
+        m.step(T0 + 20.5)  # still within a timeout of the loss; not counted twice
+        assert m.wait_failovers(5)
+        assert calls.calls == []
+        assert m.counters["failovers_held_overloaded"] == 2
+        m.step(T0 + 21.5)  # a full timeout without loss: silence now means silence
+        _finish(m, T0 + 22)
+        assert sorted(calls.calls) == sorted(a.amphora_id for a in fleet)
+        m.close()
+
+
+def test_heartbeats_dropped_from_a_full_backlog_hold_failovers(store: AnyStore) -> None:
+    """Heartbeats the manager itself dropped pause failover as kernel drops do."""
+    fleet = make_fleet(2, seed=95, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    calls = Failovers()
+    m = _manager(
+        store, heartbeat_timeout=10, health_check_interval=1, failover=calls, max_backlog=1
+    )
+    for amp in fleet:
+        m.submit(_hb(amp, T0))
+        m.step(T0)
+    for i in range(3):  # one tick's worth over max_backlog: two dropped
+        m.submit(_hb(fleet[0], T0 + 5, seq=i + 1))
+    m.step(T0 + 5)
+    assert m.counters["dropped"] == 2
+    m.step(T0 + 11)  # fleet[1] is stale, but the manager lost heartbeats at T0 + 5
+    assert m.wait_failovers(5)
+    assert calls.calls == []
+    assert m.counters["failovers_held_overloaded"] == 1
+    m.submit(_hb(fleet[0], T0 + 15, seq=4))
+    m.step(T0 + 15.5)  # a full timeout without loss
+    _finish(m, T0 + 16)
+    assert calls.calls == [fleet[1].amphora_id]
+    m.close()
