@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
-from typing import Any
+
+from _docs import run_page
 
 from amphora_heartbeat import Heartbeat, LoadBalancerView
 from amphora_heartbeat.getter import UDPStatusGetter
@@ -13,29 +12,13 @@ from amphora_heartbeat.models import ListenerStats
 from amphora_heartbeat.sender import UDPStatusSender
 from amphora_heartbeat.testing import make_fleet
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-EXAMPLE = DOCS / "how-to" / "judge-heartbeats-in-a-loop.md"
-EXPLANATION = DOCS / "explanation" / "rules.md"
-
-_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-
-
-def run_blocks(page: Path) -> dict[str, Any]:
-    """Execute a page's ```python blocks in order, in one namespace (not as __main__)."""
-    text = page.read_text(encoding="utf-8")
-    namespace: dict[str, Any] = {"__name__": f"docs:{page.name}"}
-    blocks = list(_BLOCK.finditer(text))
-    assert blocks, f"{page} has no python block"
-    for match in blocks:
-        # Pad so tracebacks point at the page's own line numbers.
-        lineno = text.count("\n", 0, match.start(1))
-        exec(compile("\n" * lineno + match.group(1), str(page), "exec"), namespace)
-    return namespace
+EXAMPLE = "how-to/judge-heartbeats-in-a-loop.md"
+EXPLANATION = "explanation/rules.md"
 
 
 def test_example_loop_judges_folds_and_fails_over() -> None:
     """The page's controller and loop, over 127.0.0.1, apply rules, fold deltas, fail over."""
-    ns = run_blocks(EXAMPLE)
+    ns = run_page(EXAMPLE)
     assert callable(ns["main"])  # defined, and not run on import
     live, silent = make_fleet(2, seed=5, listeners=1, pools=1, members=2)
     views = {a.amphora_id: LoadBalancerView.from_dict(a.view()) for a in (live, silent)}
@@ -85,7 +68,7 @@ def test_example_loop_judges_folds_and_fails_over() -> None:
 
 def test_example_controller_ignores_unknown_amphorae() -> None:
     """The example stores no statistics and records no health for an amphora it does not know."""
-    ns = run_blocks(EXAMPLE)
+    ns = run_page(EXAMPLE)
     (stranger,) = make_fleet(1, seed=9)
     controller = ns["InMemoryController"]({}, started=time.time())
     heartbeat = Heartbeat.from_dict(stranger.message(), recv_time=time.time())
@@ -98,4 +81,4 @@ def test_example_controller_ignores_unknown_amphorae() -> None:
 
 def test_rules_page_examples_run() -> None:
     """The python blocks of docs/explanation/rules.md run and their assertions hold."""
-    run_blocks(EXPLANATION)
+    run_page(EXPLANATION)
