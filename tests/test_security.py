@@ -268,6 +268,31 @@ def test_key_ring_accepts_both_keys() -> None:
     assert ring.inspect(wrap_envelope(MESSAGE, "new")).key_index == 0
 
 
+def test_unwrap_envelope_forgets_a_key_after_eight_other_key_rings() -> None:
+    """The one-call unwrap keeps a key only until eight other key rings were used after it."""
+    import threading
+
+    from amphora_heartbeat import envelope as envelope_module
+
+    held: list[bool] = []
+
+    def worker() -> None:
+        # A thread of its own: its cache starts empty and dies with it.
+        secret = "retained-secret"
+        unwrap_envelope(wrap_envelope(MESSAGE, secret), secret)
+        cache = envelope_module._local.unwrappers
+        held.append(any(secret.encode() in u.keys for u in cache.values()))
+        for i in range(8):
+            other = f"other-{i}"
+            unwrap_envelope(wrap_envelope(MESSAGE, other), other)
+        held.append(any(secret.encode() in u.keys for u in cache.values()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert held == [True, False]
+
+
 # --- resource bounds -----------------------------------------------------------------
 
 
