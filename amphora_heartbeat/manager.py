@@ -61,6 +61,7 @@ from .errors import HeartbeatError
 from .getter import UDPStatusGetter
 from .models import Heartbeat, ListenerStats
 from .rules import LoadBalancerView, derive
+from .sender import parse_address
 from .stats import fold
 from .store import StatsUpsert, Store, StoredView, StoreError, TickWrite, open_store
 from .tracker import decide
@@ -876,19 +877,15 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _split_bind(bind: str) -> tuple[str, int]:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected IP:PORT, got {bind!r}")
-    return host.strip("[]"), int(port)
-
-
 def _parse_keys(text: str) -> str | list[str] | None:
-    text = text[:-1] if text.endswith("\n") else text
-    lines = text.split("\n")
-    if any(not line for line in lines):
-        return None  # an empty key is refused
-    return lines if len(lines) > 1 else lines[0]
+    # The command line's own key-file format; an empty key is refused (None).
+    from .__main__ import CommandError, parse_keys  # noqa: PLC0415  (__main__ loads this module)
+
+    try:
+        key = parse_keys(text)
+    except CommandError:
+        return None
+    return key if isinstance(key, str) else [str(k) for k in key]
 
 
 def _read_key(args: argparse.Namespace) -> str | list[str] | None:
@@ -927,7 +924,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        ip, port = _split_bind(args.bind)
+        ip, port = parse_address(args.bind)
     except ValueError as exc:
         print(f"error: --bind: {exc}", file=sys.stderr)
         return 2
