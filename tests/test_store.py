@@ -491,7 +491,7 @@ def test_stored_view_is_plain_data() -> None:
 @pytest.mark.postgres
 def test_postgresql_json_views_equal_the_portable_statement(pg_dsn: str) -> None:
     """PostgreSQL's server-built JSON views equal what the portable UNION statement gives."""
-    from amphora_heartbeat.store import _SQLStore
+    from amphora_heartbeat.store.base import SQLStore
 
     s = PostgresStore(pg_dsn)
     s.create_schema()
@@ -510,7 +510,7 @@ def test_postgresql_json_views_equal_the_portable_statement(pg_dsn: str) -> None
     s.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [fleet[0].amphora_id])
     ids = [a.amphora_id for a in fleet] + ["unknown"]
     got = s.read_views(ids)
-    assert got == _SQLStore.read_views(s, ids)
+    assert got == SQLStore.read_views(s, ids)
     assert len(got) == len(fleet) - 1
     assert got[udp.amphora_id].udp_listeners_down == {
         udp.listeners[0].listener_id,

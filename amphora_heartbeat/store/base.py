@@ -1,225 +1,69 @@
-"""The health manager's database side: batched reads and writes over Octavia's tables.
+"""What every engine shares: the store protocol, the records it passes, and the portable SQL.
 
-A :class:`Store` reads the controller's view of every amphora heard in a tick in
-one statement, and writes everything the tick decided in one transaction. Two
-implementations share one set of portable SQL statements:
-
-* :class:`SQLiteStore` — the standard library's :mod:`sqlite3`, in WAL mode; the
-  embedded default for one manager;
-* :class:`PostgresStore` — psycopg 3 (the optional ``postgres`` extra, imported
-  only when this class is used), for several managers sharing one database.
-
-Tables and columns carry the names Octavia's own schema gives them
-(``amphora_health.last_update``, ``listener_statistics.bytes_in``, ...), so the
-statements run unchanged against a database made by Octavia. Time columns hold
-naive UTC, as Octavia's do; the store's methods take and return seconds since the
-epoch. :meth:`create_schema` makes just those tables for a new database, and
-nothing at all where they exist.
-
-What is engine-specific (placeholders, the id-set parameter, row locking, time
-values, connection handling) lives in the two store classes only; a MySQL store
-would override the same few hooks and the two ``ON CONFLICT`` upserts.
-
-A store object is not thread-safe: one thread (the manager's loop) uses it.
+:class:`SQLStore` holds the statements (``?`` placeholders, Octavia's table and
+column names) and the transaction logic; an engine subclass supplies the hooks
+that differ (placeholders, the id-set parameter, row locking, time values,
+connection handling) and may override a statement where its SQL allows better.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
-import random
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
-from .models import ListenerStats
+from ..models import ListenerStats
+from .schema import LOOKUPS, TABLES, ddl
 
 if TYPE_CHECKING:
-    from .testing import AmphoraSpec
+    from ..testing import AmphoraSpec
 
 __all__ = [
-    "ELIGIBLE_AMPHORA_STATUSES",
-    "FAILOVER_LB_STATUSES",
-    "OPERATING_STATUSES",
-    "PROVISIONING_STATUSES",
-    "TABLES",
-    "PostgresStore",
-    "SQLiteStore",
+    "HEALTH_UPSERT",
+    "LIVE",
+    "STATS_ADD",
+    "STATS_REPLACE",
+    "SQLStore",
     "StatsUpsert",
     "Store",
     "StoreError",
     "StoredView",
     "TickWrite",
-    "open_store",
+    "epoch",
+    "stats_rows",
+    "utc",
 ]
 
 log = logging.getLogger("amphora_heartbeat.store")
-
-#: Operating statuses (Octavia's ``operating_status`` lookup table).
-OPERATING_STATUSES = ("ONLINE", "OFFLINE", "DEGRADED", "ERROR", "NO_MONITOR", "DRAINING")
-#: Provisioning statuses (``provisioning_status``), amphora statuses included.
-PROVISIONING_STATUSES = (
-    "ACTIVE",
-    "PENDING_CREATE",
-    "PENDING_UPDATE",
-    "PENDING_DELETE",
-    "DELETED",
-    "ERROR",
-    "READY",
-    "BOOTING",
-    "ALLOCATED",
-    "FAILOVER_STOPPED",
-)
-#: Amphora statuses that may be failed over.
-ELIGIBLE_AMPHORA_STATUSES = ("ALLOCATED", "FAILOVER_STOPPED")
-#: Load-balancer provisioning statuses a failover may start from (Octavia sets the
-#: load balancer to PENDING_UPDATE only from these).
-FAILOVER_LB_STATUSES = ("ACTIVE", "ERROR")
-
-#: The tables :meth:`Store.create_schema` makes, in creation order.
-TABLES = (
-    "operating_status",
-    "provisioning_status",
-    "load_balancer",
-    "listener",
-    "pool",
-    "member",
-    "amphora",
-    "amphora_health",
-    "listener_statistics",
-)
-
-# No column has a server default, as in Octavia's schema: what works here works
-# there, where every INSERT must name every NOT NULL column.
-_DDL: dict[str, tuple[str, ...]] = {
-    "operating_status": (
-        "CREATE TABLE operating_status (name VARCHAR(255) NOT NULL PRIMARY KEY,"
-        " description VARCHAR(255))",
-    ),
-    "provisioning_status": (
-        "CREATE TABLE provisioning_status (name VARCHAR(255) NOT NULL PRIMARY KEY,"
-        " description VARCHAR(255))",
-    ),
-    "load_balancer": (
-        "CREATE TABLE load_balancer ("
-        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " enabled BOOLEAN NOT NULL,"
-        " provisioning_status VARCHAR(16) NOT NULL REFERENCES provisioning_status (name),"
-        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
-        " updated_at TIMESTAMP)",
-    ),
-    "listener": (
-        "CREATE TABLE listener ("
-        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
-        " enabled BOOLEAN NOT NULL,"
-        " protocol VARCHAR(16) NOT NULL,"
-        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
-        " default_pool_id VARCHAR(36),"
-        " updated_at TIMESTAMP)",
-        "CREATE INDEX ix_listener_load_balancer_id ON listener (load_balancer_id)",
-    ),
-    "pool": (
-        "CREATE TABLE pool ("
-        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
-        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
-        " updated_at TIMESTAMP)",
-        "CREATE INDEX ix_pool_load_balancer_id ON pool (load_balancer_id)",
-    ),
-    "member": (
-        "CREATE TABLE member ("
-        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " pool_id VARCHAR(36) NOT NULL REFERENCES pool (id),"
-        " enabled BOOLEAN NOT NULL,"
-        " operating_status VARCHAR(16) NOT NULL REFERENCES operating_status (name),"
-        " updated_at TIMESTAMP)",
-        "CREATE INDEX ix_member_pool_id ON member (pool_id)",
-    ),
-    "amphora": (
-        "CREATE TABLE amphora ("
-        " id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " load_balancer_id VARCHAR(36) REFERENCES load_balancer (id),"
-        " status VARCHAR(36) REFERENCES provisioning_status (name),"
-        " lb_network_ip VARCHAR(64),"
-        " updated_at TIMESTAMP)",
-        "CREATE INDEX ix_amphora_load_balancer_id ON amphora (load_balancer_id)",
-    ),
-    "amphora_health": (
-        "CREATE TABLE amphora_health ("
-        " amphora_id VARCHAR(36) NOT NULL PRIMARY KEY,"
-        " last_update TIMESTAMP NOT NULL,"
-        " busy BOOLEAN NOT NULL)",
-    ),
-    "listener_statistics": (
-        "CREATE TABLE listener_statistics ("
-        " listener_id VARCHAR(36) NOT NULL,"
-        " amphora_id VARCHAR(36) NOT NULL,"
-        " bytes_in BIGINT NOT NULL,"
-        " bytes_out BIGINT NOT NULL,"
-        " active_connections INTEGER NOT NULL,"
-        " total_connections BIGINT NOT NULL,"
-        " request_errors BIGINT NOT NULL,"
-        " PRIMARY KEY (listener_id, amphora_id))",
-    ),
-}
-
-_LOOKUPS = {"operating_status": OPERATING_STATUSES, "provisioning_status": PROVISIONING_STATUSES}
 
 # The view of every amphora in a set, as one statement: one row for the amphora
 # and its load balancer (kind 0), one per listener (kind 1), one per pool and
 # member (kind 2). A UNION rather than one wide join, so that listeners and pools
 # do not multiply each other. {ids} is the engine's "in this set of ids" test.
-_LIVE = "a.status <> 'DELETED' AND lb.provisioning_status <> 'DELETED'"
+LIVE = "a.status <> 'DELETED' AND lb.provisioning_status <> 'DELETED'"
 _VIEW_SQL = (
     "SELECT a.id, 0, a.status, lb.id, lb.enabled, lb.provisioning_status,"
     " lb.operating_status, a.lb_network_ip"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    f" WHERE a.id {{ids}} AND {_LIVE}"
+    f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
     " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN listener l ON l.load_balancer_id = lb.id"
-    f" WHERE a.id {{ids}} AND {_LIVE}"
+    f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
     " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN pool p ON p.load_balancer_id = lb.id LEFT JOIN member m ON m.pool_id = p.id"
-    f" WHERE a.id {{ids}} AND {_LIVE}"
+    f" WHERE a.id {{ids}} AND {LIVE}"
 )
 
-# PostgreSQL builds each view as a JSON document itself: one row per amphora,
-# parsed by psycopg in C, instead of a row per member folded in Python.  Same
-# tables, same rules (live rows only; UDP listeners down as in _build_views).
-_PG_VIEW_SQL = (
-    "SELECT a.id, a.status, lb.id, a.lb_network_ip, json_strip_nulls(json_build_object("
-    "'id', lb.id, 'enabled', lb.enabled, 'provisioning_status', lb.provisioning_status,"
-    " 'operating_status', lb.operating_status,"
-    " 'listeners', (SELECT json_object_agg(l.id, json_build_object("
-    "'operating_status', l.operating_status, 'protocol', l.protocol, 'enabled', l.enabled))"
-    " FROM listener l WHERE l.load_balancer_id = lb.id),"
-    " 'pools', (SELECT json_object_agg(p.id, json_build_object("
-    "'operating_status', p.operating_status, 'members', (SELECT coalesce(json_object_agg("
-    "m.id, json_build_object('operating_status', m.operating_status)), '{}'::json)"
-    " FROM member m WHERE m.pool_id = p.id)))"
-    " FROM pool p WHERE p.load_balancer_id = lb.id))),"
-    " (SELECT json_agg(l.id) FROM listener l WHERE l.load_balancer_id = lb.id"
-    " AND l.protocol = 'UDP' AND NOT EXISTS (SELECT 1 FROM pool p JOIN member m"
-    " ON m.pool_id = p.id WHERE p.id = l.default_pool_id AND p.load_balancer_id = lb.id"
-    " AND m.enabled))"
-    # Joining the id array (rather than a.id = ANY(...)) keeps the plan an
-    # index lookup per id whatever the planner's statistics say.
-    " FROM unnest(%s::varchar[]) AS ids (id) JOIN amphora a ON a.id = ids.id"
-    " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    f" WHERE {_LIVE}"
-)
-
-_HEALTH_UPSERT = (
+HEALTH_UPSERT = (
     "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
     " ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE"
     " WHEN excluded.last_update > amphora_health.last_update THEN excluded.last_update"
@@ -230,10 +74,8 @@ _STATS_INSERT = (
     f"INSERT INTO listener_statistics (listener_id, amphora_id, {_STATS_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (listener_id, amphora_id) DO UPDATE SET "
 )
-_STATS_REPLACE = _STATS_INSERT + ", ".join(
-    f"{c} = excluded.{c}" for c in _STATS_COLUMNS.split(", ")
-)
-_STATS_ADD = _STATS_INSERT + ", ".join(
+STATS_REPLACE = _STATS_INSERT + ", ".join(f"{c} = excluded.{c}" for c in _STATS_COLUMNS.split(", "))
+STATS_ADD = _STATS_INSERT + ", ".join(
     f"{c} = excluded.{c}"
     if c == "active_connections"
     else f"{c} = listener_statistics.{c} + excluded.{c}"
@@ -373,12 +215,12 @@ class Store(Protocol):
         ...
 
 
-def _utc(epoch: float) -> datetime.datetime:
+def utc(epoch: float) -> datetime.datetime:
     """Return a naive UTC datetime for ``epoch`` seconds, as Octavia stores time."""
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
 
 
-def _epoch(value: datetime.datetime) -> float:
+def epoch(value: datetime.datetime) -> float:
     return value.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
@@ -430,7 +272,7 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
     return views
 
 
-def _stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[Any, ...]]]]:
+def stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[Any, ...]]]]:
     """Split upserts into replace rows and add rows, each sorted by key (lock order)."""
     ordered = sorted(upserts, key=lambda u: (u.listener_id, u.amphora_id))
     out = []
@@ -453,8 +295,8 @@ def _stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[A
     return out
 
 
-class _SQLStore:
-    """The statements both engines share; subclasses supply the engine hooks."""
+class SQLStore:
+    """The statements every engine shares; subclasses supply the engine hooks."""
 
     #: The "in this set of ids" test of the engine; one placeholder, see :meth:`_id_set`.
     _IDS: ClassVar[str]
@@ -469,13 +311,16 @@ class _SQLStore:
         raise NotImplementedError
 
     def _time(self, epoch: float) -> Any:
-        return _utc(epoch)
+        return utc(epoch)
 
     def _from_time(self, value: Any) -> float:
-        return _epoch(value)
+        return epoch(value)
 
     def _table_exists(self, cur: Any, table: str) -> bool:
         raise NotImplementedError
+
+    def _ddl(self, table: str) -> tuple[str, ...]:
+        return ddl(table)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -500,12 +345,12 @@ class _SQLStore:
             for table in TABLES:
                 if self._table_exists(cur, table):
                     continue
-                for ddl in _DDL[table]:
-                    cur.execute(ddl)
-                if table in _LOOKUPS:
+                for statement in self._ddl(table):
+                    cur.execute(statement)
+                if table in LOOKUPS:
                     cur.executemany(
                         self._sql(f"INSERT INTO {table} (name, description) VALUES (?, ?)"),
-                        [(name, None) for name in _LOOKUPS[table]],
+                        [(name, None) for name in LOOKUPS[table]],
                     )
                 created.append(table)
         if created:
@@ -559,13 +404,13 @@ class _SQLStore:
     def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
         """Upsert ``amphora_health`` rows (sorted by id); return how many."""
         params = [(a, self._time(t), False) for a, t in health]
-        cur.executemany(self._sql(_HEALTH_UPSERT), params)
+        cur.executemany(self._sql(HEALTH_UPSERT), params)
         return len(params)
 
     def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
         """Upsert ``listener_statistics`` rows in key order; return how many."""
-        for add, rows in _stats_rows(upserts):
-            cur.executemany(self._sql(_STATS_ADD if add else _STATS_REPLACE), rows)
+        for add, rows in stats_rows(upserts):
+            cur.executemany(self._sql(STATS_ADD if add else STATS_REPLACE), rows)
         return len(upserts)
 
     def stale_amphorae(self, cutoff: float) -> dict[str, str]:
@@ -725,281 +570,3 @@ class _SQLStore:
                     marks = ", ".join("?" * len(params[0]))
                     cur.executemany(self._sql(f"INSERT INTO {into} VALUES ({marks})"), params)
         return sum(len(p) for _, p in inserts)
-
-
-class SQLiteStore(_SQLStore):
-    """A store in one SQLite file (standard library :mod:`sqlite3`, WAL mode).
-
-    The embedded default, for one manager.  ``timeout`` (seconds) is how long a
-    write waits for another process's lock.  Time columns hold naive UTC text in
-    the form SQLAlchemy writes (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts as
-    time does.
-    """
-
-    _IDS = "IN (SELECT value FROM json_each(?))"
-
-    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
-        """Open (or create) the database file at ``path``; ``":memory:"`` works too."""
-        self.path = path
-        try:
-            # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE), so a
-            # write never has to upgrade a read lock and fail.
-            # One thread at a time uses a store, but not always the one that opened it.
-            self._conn = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
-
-    def _id_set(self, ids: Collection[str]) -> Any:
-        return json.dumps(list(ids))
-
-    def _time(self, epoch: float) -> Any:
-        return _utc(epoch).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    def _from_time(self, value: Any) -> float:
-        return _epoch(datetime.datetime.fromisoformat(value))
-
-    def _table_exists(self, cur: Any, table: str) -> bool:
-        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        return cur.fetchone() is not None
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        try:
-            cur = self._conn.cursor()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite: {exc}") from exc
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-            raise StoreError(f"SQLite: {exc}") from exc
-        finally:
-            cur.close()
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Any]:
-        try:
-            cur = self._conn.cursor()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite: {exc}") from exc
-        try:
-            yield cur
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite: {exc}") from exc
-        finally:
-            cur.close()
-
-    def close(self) -> None:
-        """Close the database file."""
-        self._conn.close()
-
-    def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r})"
-
-
-class PostgresStore(_SQLStore):
-    """A store in a PostgreSQL database (psycopg 3: ``pip install 'amphora_heartbeat[postgres]'``).
-
-    For several managers sharing one database: failover candidates are claimed
-    with ``FOR UPDATE SKIP LOCKED``, so each stale amphora is failed over by
-    exactly one manager.  The connection is opened on first use and reopened
-    after a failure; every failure raises :class:`StoreError` with the
-    operation undone.  ``connect_timeout`` is in seconds.
-    """
-
-    _IDS = "IN (SELECT unnest(?::varchar[]))"
-    _LOCK = "FOR UPDATE OF h SKIP LOCKED"
-    #: How many times a tick that lost a deadlock is retried before giving up.
-    deadlock_retries = 3
-
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
-        """Remember ``dsn`` (a ``postgresql://`` URL or key=value string); connect lazily."""
-        try:
-            import psycopg  # noqa: PLC0415 - an optional extra, imported only when used
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ImportError(
-                "PostgresStore needs psycopg 3: pip install 'amphora_heartbeat[postgres]'"
-            ) from exc
-        self._psycopg = psycopg
-        self._dsn = dsn
-        self._connect_timeout = connect_timeout
-        self._conn: Any = None
-        self._statements: dict[str, str] = {}
-
-    def _sql(self, statement: str) -> str:
-        converted = self._statements.get(statement)
-        if converted is None:
-            converted = self._statements[statement] = statement.replace("?", "%s")
-        return converted
-
-    def _id_set(self, ids: Collection[str]) -> Any:
-        return list(ids)
-
-    def _table_exists(self, cur: Any, table: str) -> bool:
-        cur.execute("SELECT to_regclass(%s)", (table,))
-        row = cur.fetchone()
-        return row is not None and row[0] is not None
-
-    def _connection(self) -> Any:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                conn.close()
-            self._conn = None
-            conn = self._psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=max(1, round(self._connect_timeout)),
-                application_name="amphora_heartbeat",
-                # The view statement's estimated cost (subqueries per row) would
-                # trigger JIT compilation, which costs far more than it saves on
-                # these small index lookups.
-                options="-c jit=off",
-            )
-            self._conn = conn
-        return conn
-
-    def _failed(self, exc: Exception) -> StoreError:
-        conn = self._conn
-        if conn is not None and (conn.broken or isinstance(exc, self._psycopg.OperationalError)):
-            # A lost server: drop the connection, the next call opens a new one.
-            with contextlib.suppress(Exception):
-                conn.close()
-            self._conn = None
-        return StoreError(f"PostgreSQL: {exc}".strip())
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        psycopg = self._psycopg
-        try:
-            conn = self._connection()
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Any]:
-        psycopg = self._psycopg
-        try:
-            with self._connection().cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
-
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
-        # One statement over a JSON array rather than a statement per row (psycopg
-        # dumps a JSON text far faster than arrays); rows are taken in (sorted)
-        # array order.  to_timestamp(...) AT TIME ZONE 'UTC' is naive UTC.
-        cur.execute(
-            _HEALTH_UPSERT.replace(
-                "VALUES (?, ?, ?)",
-                "SELECT r->>0, to_timestamp((r->>1)::float8) AT TIME ZONE 'UTC', false"
-                " FROM json_array_elements(%s::json) AS r",
-            ),
-            (json.dumps(health),),
-        )
-        return len(health)
-
-    def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
-        for add, rows in _stats_rows(upserts):
-            statement = (_STATS_ADD if add else _STATS_REPLACE).replace(
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                "SELECT r->>0, r->>1, (r->>2)::bigint, (r->>3)::bigint, (r->>4)::integer,"
-                " (r->>5)::bigint, (r->>6)::bigint FROM json_array_elements(%s::json) AS r",
-            )
-            cur.execute(statement, (json.dumps(rows),))
-        return len(upserts)
-
-    def read_views(self, amphora_ids: Collection[str]) -> dict[str, StoredView]:
-        """Return the view of every live amphora among ``amphora_ids``, in one statement.
-
-        The same result as the portable statement, built by the server as JSON.
-        """
-        if not amphora_ids:
-            return {}
-        with self._reading() as cur:
-            cur.execute(_PG_VIEW_SQL, (list(dict.fromkeys(amphora_ids)),))
-            rows = cur.fetchall()
-        return {
-            amp: StoredView(amp, status, lb_id, view, frozenset(down or ()), ip)
-            for amp, status, lb_id, ip, view, down in rows
-        }
-
-    def write_tick(self, write: TickWrite) -> int:
-        """Write one tick in one transaction (see :meth:`SQLiteStore.write_tick`).
-
-        A transaction chosen as a deadlock victim is retried (a few times, after
-        a short random pause); it was rolled back, so nothing is written twice.
-        """
-        errors = self._psycopg.errors
-        for attempt in range(self.deadlock_retries + 1):
-            try:
-                with self._pipeline():
-                    return super().write_tick(write)
-            except StoreError as exc:
-                lost = isinstance(
-                    exc.__cause__, (errors.DeadlockDetected, errors.SerializationFailure)
-                )
-                if not lost or attempt == self.deadlock_retries:
-                    raise
-                log.info("tick write lost a deadlock; retrying")
-                time.sleep(random.uniform(0.001, 0.02))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @contextlib.contextmanager
-    def _pipeline(self) -> Iterator[None]:
-        # Pipeline mode sends BEGIN, every statement and COMMIT in one round
-        # trip instead of one each.
-        try:
-            conn = self._connection()
-        except self._psycopg.Error as exc:
-            raise self._failed(exc) from exc
-        try:
-            with conn.pipeline():
-                yield
-        except self._psycopg.Error as exc:
-            raise self._failed(exc) from exc
-
-    def close(self) -> None:
-        """Close the connection (a later call reopens it)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def __repr__(self) -> str:
-        return "PostgresStore(<dsn>)"
-
-
-def open_store(url: str) -> SQLiteStore | PostgresStore:
-    """Open the store a ``--db`` URL names.
-
-    ``sqlite:///PATH`` (``sqlite:////abs/path`` for an absolute path, as
-    SQLAlchemy spells it; ``sqlite:///:memory:`` too) or a plain file path opens
-    a :class:`SQLiteStore`; ``postgresql://...`` (or ``postgres://``) a
-    :class:`PostgresStore`.
-    """
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if not path.startswith("/"):
-            raise ValueError(f"expected sqlite:///PATH, got {url!r}")
-        path = path[1:] or ":memory:"
-        return SQLiteStore(path)
-    if "://" in url:
-        raise ValueError(f"unsupported database URL scheme: {url.partition('://')[0]!r}")
-    return SQLiteStore(url)

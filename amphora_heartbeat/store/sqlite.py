@@ -1,0 +1,97 @@
+"""The embedded engine: one SQLite file through the standard library's :mod:`sqlite3`."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sqlite3
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from .base import SQLStore, StoreError, epoch, utc
+
+__all__ = ["SQLiteStore"]
+
+
+class SQLiteStore(SQLStore):
+    """A store in one SQLite file (standard library :mod:`sqlite3`, WAL mode).
+
+    The embedded default, for one manager.  ``timeout`` (seconds) is how long a
+    write waits for another process's lock.  Time columns hold naive UTC text in
+    the form SQLAlchemy writes (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts as
+    time does.
+    """
+
+    _IDS = "IN (SELECT value FROM json_each(?))"
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        """Open (or create) the database file at ``path``; ``":memory:"`` works too."""
+        self.path = path
+        try:
+            # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE), so a
+            # write never has to upgrade a read lock and fail.
+            # One thread at a time uses a store, but not always the one that opened it.
+            self._conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _id_set(self, ids: Collection[str]) -> Any:
+        return json.dumps(list(ids))
+
+    def _time(self, epoch: float) -> Any:
+        return utc(epoch).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def _from_time(self, value: Any) -> float:
+        return epoch(datetime.datetime.fromisoformat(value))
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return cur.fetchone() is not None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        try:
+            cur = self._conn.cursor()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+            raise StoreError(f"SQLite: {exc}") from exc
+        finally:
+            cur.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        try:
+            cur = self._conn.cursor()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
+        try:
+            yield cur
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        """Close the database file."""
+        self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
