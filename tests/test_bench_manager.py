@@ -1,4 +1,4 @@
-"""Tests of amphora_heartbeat.bench_manager: a tiny run end to end (figures are not asserted)."""
+"""Tests of amphora_heartbeat.bench.manager: a tiny run end to end (figures are not asserted)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amphora_heartbeat import bench_manager
+from amphora_heartbeat.bench import manager as bench_manager
 
 
 def test_a_tiny_benchmark_runs_and_reports_every_figure(

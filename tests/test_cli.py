@@ -16,14 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from amphora_heartbeat.__main__ import (
-    CommandError,
-    build_parser,
-    main,
-    parse_keys,
-    read_datagram,
-)
+from amphora_heartbeat.cli import build_parser, main
+from amphora_heartbeat.cli.decode import read_datagram
 from amphora_heartbeat.envelope import wrap_envelope
+from amphora_heartbeat.options import OptionError, parse_keys
 from amphora_heartbeat.sender import parse_address
 from amphora_heartbeat.testing import build_message
 
@@ -221,7 +217,7 @@ def test_parse_keys() -> None:
     assert parse_keys("k\n") == "k"
     assert parse_keys("k") == "k"
     assert parse_keys("a\nb\n") == ["a", "b"]
-    with pytest.raises(CommandError, match="empty"):
+    with pytest.raises(OptionError, match="empty"):
         parse_keys("a\n\nb")
 
 

@@ -137,7 +137,7 @@ def _commands() -> tuple[str, ...]:
     """Return the subcommands the installed command line offers."""
     import argparse
 
-    from amphora_heartbeat.__main__ import build_parser
+    from amphora_heartbeat.cli import build_parser
 
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):

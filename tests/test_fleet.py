@@ -17,13 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from amphora_heartbeat.cli.fleet import add_arguments
 from amphora_heartbeat.envelope import Codec, Digest, Unwrapper
-from amphora_heartbeat.fleet import (
-    Fleet,
-    FleetProgress,
-    add_arguments,
-    run_fleet,
-)
+from amphora_heartbeat.fleet import Fleet, FleetProgress, run_fleet
 from amphora_heartbeat.models import Heartbeat, MemberKind
 from amphora_heartbeat.testing import make_fleet
 
@@ -304,7 +300,7 @@ def test_add_arguments_parses_the_issue_options() -> None:
         parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "-3"])
 
 
-def _cli(*args: str, module: str = "amphora_heartbeat.fleet") -> list[str]:
+def _cli(*args: str, module: str = "amphora_heartbeat") -> list[str]:
     if module == "amphora_heartbeat":
         return [sys.executable, "-m", module, "fleet", *args]
     return [sys.executable, "-m", module, *args]
@@ -344,7 +340,7 @@ def test_cli_sends_and_prints_json_summary(receivers: list[Receiver], tmp_path: 
     assert KEY not in out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("module", ["amphora_heartbeat", "amphora_heartbeat.fleet"])
+@pytest.mark.parametrize("module", ["amphora_heartbeat"])
 def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver], module: str) -> None:
     """`python -m amphora_heartbeat fleet` (and the module itself) read AMPHORA_HEARTBEAT_KEY."""
     rx = receivers[0]
@@ -364,7 +360,7 @@ def test_cli_key_from_environment_and_plain_summary(receivers: list[Receiver], m
     assert len(parse(rx.wait_for(2))) == 2
 
 
-@pytest.mark.parametrize("module", ["amphora_heartbeat", "amphora_heartbeat.fleet"])
+@pytest.mark.parametrize("module", ["amphora_heartbeat"])
 def test_cli_without_key_fails_clearly(receivers: list[Receiver], module: str) -> None:
     """No key anywhere: a non-zero exit and a message saying how to give one."""
     env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}

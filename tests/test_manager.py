@@ -27,14 +27,10 @@ from typing import Any
 import _pg
 import pytest
 
+from amphora_heartbeat.cli.manager import add_arguments
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.getter import UDPStatusGetter
-from amphora_heartbeat.manager import (
-    DelayHistogram,
-    FailoverCommand,
-    HealthManager,
-    add_arguments,
-)
+from amphora_heartbeat.manager import DelayHistogram, FailoverCommand, HealthManager
 from amphora_heartbeat.models import Heartbeat, ListenerStats
 from amphora_heartbeat.rules import LoadBalancerView, derive
 from amphora_heartbeat.stats import fold
@@ -569,7 +565,7 @@ def test_end_to_end_on_real_sockets_matches_the_prediction(
 
 def _start_manager(db: str, key_file: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "amphora_heartbeat.manager", "--db", db, "--bind", "127.0.0.1:0",
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", db, "--bind", "127.0.0.1:0",
          "--key-file", str(key_file), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -624,7 +620,7 @@ def test_manager_command_without_a_key_exits_2(tmp_path: Path) -> None:
     """No --key, --key-file or AMPHORA_HEARTBEAT_KEY: a usage error, exit status 2."""
     env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
     done = subprocess.run(
-        [sys.executable, "-m", "amphora_heartbeat.manager", "--db", str(tmp_path / "x.db")],
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", str(tmp_path / "x.db")],
         check=False,
         capture_output=True,
         text=True,
@@ -911,7 +907,7 @@ def _manager_command(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "amphora_heartbeat.manager", *args],
+        [sys.executable, "-m", "amphora_heartbeat", "manager", *args],
         check=False,
         capture_output=True,
         text=True,
@@ -943,15 +939,16 @@ def test_key_file_lines_make_a_key_ring(tmp_path: Path) -> None:
     """Several lines in --key-file are a key ring; one trailing newline is ignored."""
     import argparse
 
-    from amphora_heartbeat.manager import _read_key
+    from amphora_heartbeat.cli.common import CommandError, load_key
 
     ring = tmp_path / "ring"
     ring.write_text("new\nold\n", encoding="utf-8")
-    assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) == ["new", "old"]
-    assert _read_key(argparse.Namespace(key_file=None, key=["k"])) == "k"
-    assert _read_key(argparse.Namespace(key_file=None, key=["a", "b"])) == ["a", "b"]
+    assert load_key(argparse.Namespace(key_file=str(ring), key=None)) == ["new", "old"]
+    assert load_key(argparse.Namespace(key_file=None, key=["k"])) == "k"
+    assert load_key(argparse.Namespace(key_file=None, key=["a", "b"])) == ["a", "b"]
     ring.write_text("a\n\nb\n", encoding="utf-8")
-    assert _read_key(argparse.Namespace(key_file=str(ring), key=None)) is None
+    with pytest.raises(CommandError, match="empty key"):
+        load_key(argparse.Namespace(key_file=str(ring), key=None))
     done = _manager_command("--db", str(tmp_path / "x.db"), "--key-file", str(tmp_path / "none"))
     assert (done.returncode, "cannot read the key file" in done.stderr) == (2, True)
 
@@ -962,7 +959,7 @@ def test_demo_runs_on_the_manager_and_reads_statuses_back(
     """The demo's table comes from the database the manager writes (--db, or a temp file)."""
     import argparse
 
-    from amphora_heartbeat.manager import run_demo
+    from amphora_heartbeat.cli.demo import run as run_demo
 
     args = argparse.Namespace(amphorae=2, duration=1.5, interval=0.25, seed=1, db=db_url)
     assert run_demo(args) == 0

@@ -35,11 +35,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .fleet import run_fleet
-from .getter import UDPStatusGetter
-from .manager import HealthManager, tune_gc
-from .store import StoreError, open_store
-from .testing import make_fleet
+from ..fleet import run_fleet
+from ..getter import UDPStatusGetter
+from ..manager import HealthManager, tune_gc
+from ..store import StoreError, open_store
+from ..testing import make_fleet
 
 __all__ = ["main", "measure"]
 

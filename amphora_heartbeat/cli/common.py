@@ -1,0 +1,163 @@
+"""What every command shares: its options, declared once, key loading, errors, signals.
+
+A command module has ``HELP`` (one line for the command list), ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> int``.  Options that several
+commands take are declared once in :data:`OPTIONS` and added by name with
+:func:`add_options`, so a new shared option is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..envelope import KeyRing
+from ..options import OptionError, parse_count, parse_keys, parse_seconds
+
+__all__ = [
+    "KEY_ENV",
+    "OPTIONS",
+    "CommandError",
+    "add_options",
+    "count",
+    "load_key",
+    "seconds",
+    "signing_key",
+    "stop_on_signals",
+]
+
+#: The environment variable a key (or key ring, one a line) may come from.
+KEY_ENV = "AMPHORA_HEARTBEAT_KEY"
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def _argtype(parse: Callable[..., Any], name: str, **options: Any) -> Callable[[str], Any]:
+    """Return an argparse type that turns :class:`OptionError` into argparse's own error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text, **options)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
+
+
+#: Seconds above zero, finite.
+seconds = _argtype(parse_seconds, "seconds")
+#: A whole number of at least one.
+count = _argtype(parse_count, "count")
+
+
+def _add_key(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--key",
+        action="append",
+        metavar="K",
+        help=f"heartbeat key; repeat for a key ring (prefer --key-file or ${KEY_ENV})",
+    )
+    group.add_argument(
+        "--key-file",
+        metavar="F",
+        help="file holding the key as UTF-8; one trailing newline is ignored; "
+        "several lines make a key ring",
+    )
+
+
+def _timing(flag: str, default: float, text: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            flag, type=seconds, default=default, metavar="S", help=f"{text}; default %(default)s"
+        )
+
+    return add
+
+
+def _option(*flags: str, **kwargs: Any) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(*flags, **kwargs)
+
+    return add
+
+
+#: Options shared by several commands, by name: each adds itself to a parser.
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "key": _add_key,
+    "bind": _option(
+        "--bind",
+        default="127.0.0.1:5555",
+        metavar="IP:PORT",
+        help="address to receive on; default %(default)s",
+    ),
+    "json": _option("--json", action="store_true", help="print JSON lines"),
+    "heartbeat-timeout": _timing(
+        "--heartbeat-timeout", 60.0, "seconds of silence before an amphora is stale"
+    ),
+    "heartbeat-interval": _timing(
+        "--heartbeat-interval", 10.0, "the amphorae's heartbeat interval, seconds"
+    ),
+    "health-check-interval": _timing(
+        "--health-check-interval", 3.0, "seconds between stale checks"
+    ),
+    "tick": _timing("--tick", 0.1, "seconds between database writes"),
+}
+
+
+def add_options(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add the shared options ``names`` (keys of :data:`OPTIONS`) to ``parser``."""
+    for name in names:
+        OPTIONS[name](parser)
+
+
+def _parse_keys(text: str) -> KeyRing:
+    try:
+        return parse_keys(text)
+    except OptionError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def load_key(args: argparse.Namespace) -> KeyRing:
+    """Return the key from ``--key``, ``--key-file`` or the environment, in that order."""
+    if args.key:
+        return list(args.key) if len(args.key) > 1 else str(args.key[0])
+    if args.key_file is not None:
+        try:
+            with open(args.key_file, encoding="utf-8") as f:
+                return _parse_keys(f.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read the key file {args.key_file}: {exc}") from None
+    text = os.environ.get(KEY_ENV)
+    if text is None:
+        raise CommandError(f"no key: a key is needed: --key-file F, ${KEY_ENV} or --key K")
+    return _parse_keys(text)
+
+
+def signing_key(key: KeyRing) -> str | bytes:
+    """Return the key that signs: the key itself, or a ring's first."""
+    return key if isinstance(key, (str, bytes)) else key[0]
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT and SIGTERM into a flag the caller's loop polls."""
+    stopped = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: stopped
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

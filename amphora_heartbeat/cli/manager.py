@@ -1,0 +1,125 @@
+"""``manager``: run the health manager until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+
+from ..envelope import KeyRing
+from ..getter import UDPStatusGetter
+from ..manager import FailoverCommand, HealthManager, tune_gc
+from ..options import parse_address
+from ..store import Store, StoreError, open_store
+from .common import CommandError, add_options, load_key
+
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = "run the health manager"
+DESCRIPTION = "Receive heartbeats, write them to the database in batches, fail over stale amphorae."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``manager`` command's options to ``parser``."""
+    add_options(parser, "key")
+    parser.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="sqlite:///PATH (sqlite:////abs/path) or postgresql://USER@HOST:PORT/DB",
+    )
+    add_options(parser, "bind")
+    parser.add_argument(
+        "--failover-command",
+        metavar="CMD",
+        help="run CMD AMPHORA_ID for each stale amphora (exit 0: done; else retried)",
+    )
+    add_options(parser, "heartbeat-timeout", "heartbeat-interval", "health-check-interval", "tick")
+    parser.add_argument(
+        "--failover-threshold",
+        type=int,
+        metavar="N",
+        help="fail none over when N amphorae are stale at once (storm guard); default none",
+    )
+    parser.add_argument(
+        "--failover-threads",
+        type=int,
+        default=10,
+        metavar="N",
+        help="most failovers at once; default %(default)s",
+    )
+    parser.add_argument(
+        "--sock-rlimit",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="SO_RCVBUF in bytes; default 0, the system's",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``manager`` command until SIGINT or SIGTERM; return the exit status.
+
+    Prints ``listening on IP:PORT`` once bound and the store answers, and the
+    counters as one JSON line at the end (exit status 0).  A missing key or a
+    bad option is exit status 2; an unreachable store, 1.
+    """
+    key = load_key(args)
+    try:
+        ip, port = parse_address(args.bind)
+    except ValueError as exc:
+        raise CommandError(f"--bind: {exc}") from None
+    try:
+        return _run(args, key, ip, port)
+    except StoreError as exc:
+        raise OSError(f"the database is unreachable: {exc}") from None
+    except OSError as exc:
+        raise OSError(f"cannot receive on {args.bind}: {exc}") from None
+
+
+def _open(url: str) -> Store:
+    store = open_store(url)
+    for attempt in range(2):
+        try:
+            store.create_schema()  # only the tables missing: nothing on an Octavia database
+            break
+        except StoreError:
+            if attempt:
+                raise  # another manager creating the schema at the same time wins once
+    store.ping()
+    return store
+
+
+def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
+    store = _open(args.db)
+    tune_gc()
+    getter = UDPStatusGetter(key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None)
+    failover = FailoverCommand(args.failover_command) if args.failover_command else None
+    manager = HealthManager(
+        getter,
+        store,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        health_check_interval=args.health_check_interval,
+        failover_threshold=args.failover_threshold,
+        failover=failover,
+        failover_threads=args.failover_threads,
+        tick=args.tick,
+    )
+
+    def on_signal(signum: int, frame: object) -> None:
+        manager.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    host, bound = getter.address
+    print(f"listening on {host}:{bound}", flush=True)
+    try:
+        manager.run()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        manager.close(wait=False)
+        getter.close()
+        store.close()
+    print(json.dumps(dict(manager.counters), sort_keys=True), flush=True)
+    return 0

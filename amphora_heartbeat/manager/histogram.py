@@ -1,0 +1,54 @@
+"""Receive-to-commit delays in bounded memory, with exact quantiles to the bucket width."""
+
+from __future__ import annotations
+
+__all__ = ["DelayHistogram"]
+
+
+class DelayHistogram:
+    """Receive-to-commit delays in fixed 1 ms buckets up to ``limit`` seconds.
+
+    Bounded memory whatever the traffic; quantiles are exact to the bucket width.
+    """
+
+    def __init__(self, *, limit: float = 60.0, width: float = 0.001) -> None:
+        """Make an empty histogram of ``limit / width`` buckets (seconds)."""
+        self.width = width
+        self._counts = [0] * (int(limit / width) + 1)
+        self.count = 0
+        self.maximum = 0.0
+
+    def add(self, delay: float, n: int = 1) -> None:
+        """Count ``n`` delays of ``delay`` seconds."""
+        i = min(max(int(delay / self.width), 0), len(self._counts) - 1)
+        self._counts[i] += n
+        self.count += n
+        self.maximum = max(self.maximum, delay)
+
+    def quantile(self, q: float) -> float:
+        """Return the least bucket bound (seconds) at or below which a ``q`` share falls."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self._counts):
+            seen += n
+            if seen >= rank and n:
+                return (i + 1) * self.width
+        return self.maximum  # pragma: no cover - rank never exceeds count
+
+    def snapshot(self) -> DelayHistogram:
+        """Return a copy (subtract two with :meth:`since` to measure a window)."""
+        copy = DelayHistogram.__new__(DelayHistogram)
+        copy.width = self.width
+        copy._counts = list(self._counts)
+        copy.count = self.count
+        copy.maximum = self.maximum
+        return copy
+
+    def since(self, earlier: DelayHistogram) -> DelayHistogram:
+        """Return the delays counted after ``earlier`` (a snapshot of this histogram)."""
+        diff = self.snapshot()
+        diff._counts = [a - b for a, b in zip(self._counts, earlier._counts, strict=True)]
+        diff.count = self.count - earlier.count
+        return diff

@@ -1,0 +1,169 @@
+"""Judging a batch: heartbeats and stored views in, one tick's write out.
+
+Pure apart from the clock passed in: each heartbeat is judged in arrival order by
+:func:`~amphora_heartbeat.rules.derive` against its load balancer's view as the
+heartbeats before it left it, and judged at its receive time, so waiting in a
+backlog never makes it late.  So a batch gives what judging its heartbeats one
+by one would, and only what changed is written.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..models import Heartbeat, ListenerStats
+from ..rules import LoadBalancerView, derive
+from ..stats import fold
+from ..store import StatsUpsert, StoredView, TickWrite
+
+__all__ = ["Judgement", "ViewCache", "judge"]
+
+# Views kept between ticks (by load balancer id); cleared when this many.
+_VIEW_CACHE_SIZE = 200_000
+
+
+class ViewCache:
+    """The rules' views built in earlier ticks, reused while the database says the same."""
+
+    def __init__(self, size: int = _VIEW_CACHE_SIZE) -> None:
+        """Keep at most ``size`` views (all are forgotten when it is reached)."""
+        self.size = size
+        self._views: dict[str, tuple[Mapping[str, Any], frozenset[str], LoadBalancerView]] = {}
+
+    def view(self, sv: StoredView) -> LoadBalancerView:
+        """Return the rules' view of ``sv``, reusing the last one built if nothing changed."""
+        cached = self._views.get(sv.load_balancer_id)
+        # Comparing two small mappings costs a fraction of building and
+        # validating a view, and most load balancers do not change between ticks.
+        if cached is not None and cached[0] == sv.view and cached[1] == sv.udp_listeners_down:
+            return cached[2]
+        view = LoadBalancerView.from_dict(sv.view, udp_listeners_down=sv.udp_listeners_down)
+        if len(self._views) >= self.size:
+            self._views.clear()
+        self._views[sv.load_balancer_id] = (sv.view, sv.udp_listeners_down, view)
+        return view
+
+
+@attrs.frozen
+class Judgement:
+    """What judging a batch decided: the write, and counts by outcome."""
+
+    write: TickWrite
+    #: ``heartbeats_recorded``, ``unknown_amphora``, ``not_recorded.<reason>``, ``status_changes``.
+    counts: Mapping[str, int]
+
+
+@attrs.define
+class _Changes:
+    load_balancers: dict[str, str] = attrs.Factory(dict)
+    listeners: dict[str, str] = attrs.Factory(dict)
+    pools: dict[str, str] = attrs.Factory(dict)
+    members: dict[str, str] = attrs.Factory(dict)
+
+    def __len__(self) -> int:
+        return len(self.load_balancers) + len(self.listeners) + len(self.pools) + len(self.members)
+
+    def add(self, before: LoadBalancerView, after: LoadBalancerView) -> None:
+        """Add every status that differs between two views of one load balancer."""
+        if after.id is not None and after.operating_status != before.operating_status:
+            self.load_balancers[after.id] = after.operating_status
+        for lid, lv in after.listeners.items():
+            if lv.operating_status != before.listeners[lid].operating_status:
+                self.listeners[lid] = lv.operating_status
+        for pid, pv in after.pools.items():
+            old = before.pools[pid]
+            if pv.operating_status != old.operating_status:
+                self.pools[pid] = pv.operating_status
+            for mid, mv in pv.members.items():
+                if mv.operating_status != old.members[mid].operating_status:
+                    self.members[mid] = mv.operating_status
+
+
+@attrs.define
+class _Tally:
+    """The state of judging one batch, heartbeat by heartbeat."""
+
+    views: ViewCache
+    heartbeat_interval: float
+    counts: collections.Counter[str] = attrs.Factory(collections.Counter)
+    original: dict[str, LoadBalancerView] = attrs.Factory(dict)
+    current: dict[str, LoadBalancerView] = attrs.Factory(dict)
+    health: dict[str, float] = attrs.Factory(dict)
+    reallocated: set[str] = attrs.Factory(set)
+    rows: dict[tuple[str, str], ListenerStats] = attrs.Factory(dict)
+    replaced: set[tuple[str, str]] = attrs.Factory(set)
+
+    def add(self, heartbeat: Heartbeat, sv: StoredView) -> None:
+        """Judge one heartbeat of a known amphora against its load balancer's current view."""
+        lb_id = sv.load_balancer_id
+        view = self.current.get(lb_id)
+        if view is None:
+            view = self.original[lb_id] = self.current[lb_id] = self.views.view(sv)
+        recv_time: float = heartbeat.recv_time  # type: ignore[assignment]
+        update = derive(heartbeat, view, now=recv_time, heartbeat_interval=self.heartbeat_interval)
+        if update.changed:
+            self.current[lb_id] = view.apply(update)
+        if update.record_heartbeat:
+            self._record(heartbeat.amphora_id, recv_time, sv)
+        else:
+            self.counts["not_recorded." + str(update.reason)] += 1
+        folded = fold(self.rows, heartbeat)
+        self.rows.update(folded)
+        if not heartbeat.stats_are_deltas:
+            self.replaced.update(folded)
+
+    def _record(self, amphora_id: str, recv_time: float, sv: StoredView) -> None:
+        self.counts["heartbeats_recorded"] += 1
+        if recv_time > self.health.get(amphora_id, float("-inf")):
+            self.health[amphora_id] = recv_time
+        if sv.amphora_status == "FAILOVER_STOPPED":
+            self.reallocated.add(amphora_id)
+
+    def write(self, now: float) -> TickWrite:
+        """Return the tick's write: changed statuses, health rows, statistics."""
+        changes = _Changes()
+        for lb_id, view in self.current.items():
+            before = self.original[lb_id]
+            if view is not before:
+                changes.add(before, view)
+        self.counts["status_changes"] += len(changes)
+        return TickWrite(
+            now=now,
+            health=self.health,
+            load_balancers=changes.load_balancers,
+            listeners=changes.listeners,
+            pools=changes.pools,
+            members=changes.members,
+            stats=[
+                StatsUpsert(k[0], k[1], s, add=k not in self.replaced) for k, s in self.rows.items()
+            ],
+            reallocated=self.reallocated,
+        )
+
+
+def judge(
+    batch: Sequence[Heartbeat],
+    stored: Mapping[str, StoredView],
+    views: ViewCache,
+    *,
+    heartbeat_interval: float,
+    clock: Callable[[], float],
+) -> Judgement:
+    """Judge a tick's heartbeats in arrival order against the ``stored`` views.
+
+    A heartbeat of an amphora missing from ``stored`` (unknown, or deleted)
+    writes nothing.  ``clock()`` gives the written rows' ``updated_at``.
+    """
+    tally = _Tally(views, heartbeat_interval)
+    for heartbeat in batch:
+        sv = stored.get(heartbeat.amphora_id)
+        if sv is None:
+            tally.counts["unknown_amphora"] += 1
+        else:
+            tally.add(heartbeat, sv)
+    write = tally.write(clock())
+    return Judgement(write, tally.counts)

@@ -1,0 +1,62 @@
+"""Values an operator types, shared by the command line and the configuration file.
+
+Each parser takes text and returns a checked value or raises :class:`OptionError`
+(a :class:`ValueError`) with a one-line message naming what is wrong, never the
+value of a key.  Neither the command line nor the manager has its own copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .envelope import KeyRing
+from .sender import format_address, parse_address
+
+__all__ = [
+    "OptionError",
+    "format_address",
+    "parse_address",
+    "parse_count",
+    "parse_keys",
+    "parse_seconds",
+]
+
+
+class OptionError(ValueError):
+    """A value an operator gave cannot be used; the message says why in one line."""
+
+
+def parse_keys(text: str) -> KeyRing:
+    """Return the key (or key ring, one key a line) a key file or variable holds.
+
+    One trailing newline is ignored; an empty key (an empty text, or an empty
+    line between keys) is refused.
+    """
+    text = text[:-1] if text.endswith("\n") else text
+    lines = text.split("\n")
+    if any(not line for line in lines):
+        raise OptionError("a key file (or variable) must not hold an empty key")
+    return lines if len(lines) > 1 else lines[0]
+
+
+def parse_seconds(text: str, *, zero: bool = False) -> float:
+    """Return a finite number of seconds above zero (or at least zero, if ``zero``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "at least 0" if zero else "above 0"
+        raise OptionError(f"expected a finite number of seconds {bound}, got {text!r}")
+    return value
+
+
+def parse_count(text: str, *, minimum: int = 1, maximum: int = 2**31 - 1) -> int:
+    """Return a whole number between ``minimum`` and ``maximum``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise OptionError(f"expected a whole number, got {text!r}") from None
+    if not minimum <= value <= maximum:
+        raise OptionError(f"expected a whole number from {minimum} to {maximum}, got {text!r}")
+    return value
