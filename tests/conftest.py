@@ -1,4 +1,5 @@
-"""Shared fixtures: Octavia's golden envelopes and a hypothesis profile for a shared machine."""
+"""Shared fixtures: Octavia's golden envelopes, a hypothesis profile for a shared machine,
+and the database servers (tests/_servers.py) with their per-test databases."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import _servers
 import attrs
 import pytest
 from hypothesis import HealthCheck, settings
@@ -72,3 +74,17 @@ def vector(request: pytest.FixtureRequest) -> Vector:
 def vectors() -> list[Vector]:
     """Return every golden vector."""
     return list(VECTORS)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked postgres or mysql at once if that server is not installed."""
+    _servers.require_installed(item)
+
+
+# The database servers and a fresh database per test, for every module.
+database_servers = _servers.database_servers
+pg_server = _servers.pg_server
+pg_dsn = _servers.pg_dsn
+mariadb_server = _servers.mariadb_server
+mysql_url = _servers.mysql_url
