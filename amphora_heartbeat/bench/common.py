@@ -31,6 +31,7 @@ class Clock:
         self.cpu = time.process_time()
 
     def timing(self, ops: int) -> Timing:
+        """Return ``ops`` with the wall-clock and CPU seconds since construction."""
         return ops, time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 

@@ -137,6 +137,7 @@ def _timed(step: Callable[[bytes], object], packets: Sequence[bytes], passes: in
 
 
 def memory_cases(packets: Packets, passes: int) -> list[Case]:
+    """Return the in-memory cases: floors, Octavia's algorithm, unwrap and parse."""
     hex_zlib = packets.by_encoding[Codec.ZLIB, Digest.HEX]
     raw_zlib = packets.by_encoding[Codec.ZLIB, Digest.RAW]
     unwrapper = Unwrapper(KEY)
@@ -207,6 +208,7 @@ def memory_cases(packets: Packets, passes: int) -> list[Case]:
 
 
 def derive_case(packets: Packets, passes: int) -> Case:
+    """Return the case judging each heartbeat with :func:`~amphora_heartbeat.rules.derive`."""
     views = [LoadBalancerView.from_dict(spec.view()) for spec in packets.fleet.specs]
     unwrapper = Unwrapper(KEY)
     hex_zlib = packets.by_encoding[Codec.ZLIB, Digest.HEX]
@@ -315,6 +317,7 @@ class SocketSettings:
 def socket_cases(
     packets: Packets, rings: dict[Codec, list[list[bytes]]], settings: SocketSettings
 ) -> tuple[list[Case], dict[str, list[dict[str, Any]]]]:
+    """Return the cases behind a loopback socket, and the senders' reports by case."""
     senders: dict[str, list[dict[str, Any]]] = {}
     fleet = packets.fleet
 

@@ -221,6 +221,7 @@ def utc(epoch: float) -> datetime.datetime:
 
 
 def epoch(value: datetime.datetime) -> float:
+    """Return seconds since the epoch for a naive UTC datetime."""
     return value.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
