@@ -66,11 +66,15 @@ def _resolve(ip: str, port: int) -> tuple[socket.AddressFamily, Any]:
     return family, sockaddr
 
 
-def _bind(ip: str, port: int, timeout: float | None, rcvbuf: int | None) -> socket.socket:
+def _bind(
+    ip: str, port: int, timeout: float | None, rcvbuf: int | None, reuse_port: bool = False
+) -> socket.socket:
     """Return a UDP socket bound to ip:port with the timeout and receive buffer set."""
     family, sockaddr = _resolve(ip, port)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(timeout)
@@ -108,6 +112,8 @@ class UDPStatusGetter:
         0 polls, None waits for ever.
     :param rcvbuf: SO_RCVBUF of every socket bound, in bytes (Octavia's
         ``sock_rlimit``); None keeps the system default.
+    :param reuse_port: bind with ``SO_REUSEPORT`` (Linux), so that several processes
+        share the address and the kernel spreads datagrams over them by source.
     :param max_decompressed: largest decompressed payload accepted, in bytes.
     :param limits: bounds on a heartbeat's contents.
     :param health_handler: called as ``health_handler(heartbeat, srcaddr)`` by
@@ -124,6 +130,7 @@ class UDPStatusGetter:
         *,
         timeout: float | None = 1.0,
         rcvbuf: int | None = None,
+        reuse_port: bool = False,
         max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
         limits: Limits = _DEFAULT_LIMITS,
         health_handler: Handler | None = None,
@@ -133,6 +140,7 @@ class UDPStatusGetter:
             raise ValueError("timeout must be None or a non-negative number of seconds")
         self._timeout = timeout
         self._rcvbuf = rcvbuf
+        self._reuse_port = reuse_port
         self._max_decompressed = max_decompressed
         self._limits = limits
         self._health_handler = health_handler
@@ -155,7 +163,7 @@ class UDPStatusGetter:
         self._log_budget = _LOG_BURST
         self._log_suppressed = 0
         unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
-        sock = _bind(ip, port, timeout, rcvbuf)
+        sock = _bind(ip, port, timeout, rcvbuf, reuse_port)
         self._binding = _Binding(sock, unwrapper, _address(sock))
 
     def __repr__(self) -> str:
@@ -221,7 +229,7 @@ class UDPStatusGetter:
         port = old.address[1] if port is None else port
         if port != 0 and tuple(_resolve(ip, port)[1][:2]) == old.address:
             return _Binding(old.sock, unwrapper, old.address)
-        sock = _bind(ip, port, self._timeout, self._rcvbuf)
+        sock = _bind(ip, port, self._timeout, self._rcvbuf, self._reuse_port)
         return _Binding(sock, unwrapper, _address(sock))
 
     def _retire(self, old: _Binding) -> None:
@@ -245,7 +253,12 @@ class UDPStatusGetter:
         # ever): an empty datagram from the socket to itself wakes it, and
         # dorecv drops it.  Called with the lock held.
         with contextlib.suppress(OSError):
-            sock.sendto(b"", _wake_address(address))
+            if self._reuse_port:
+                # In a SO_REUSEPORT group a datagram to the address may reach another
+                # member; shutting reading down wakes the reader (Linux) instead.
+                sock.shutdown(socket.SHUT_RD)
+            else:
+                sock.sendto(b"", _wake_address(address))
         self._retired.append(sock)
         # dorecv sets _receiving before it reads _binding, which was swapped
         # before this point: if it is clear now, no thread can be using sock.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 
 from ..envelope import KeyRing
 from ..getter import UDPStatusGetter
 from ..manager import FailoverCommand, HealthManager, tune_gc
-from ..options import parse_address
+from ..options import OptionError, parse_address, parse_count
 from ..store import Store, StoreError, open_store
 from .common import CommandError, add_options, load_key
+from .workers import supervise
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -49,12 +51,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most failovers at once; default %(default)s",
     )
     parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="manager processes sharing the address (SO_REUSEPORT), or 'auto' for one per"
+        " core; default %(default)s",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT (what each of several --workers does); default off",
+    )
+    parser.add_argument(
         "--sock-rlimit",
         type=int,
         default=0,
         metavar="BYTES",
         help="SO_RCVBUF in bytes; default 0, the system's",
     )
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        return parse_count(text, maximum=256)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'auto')") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         ip, port = parse_address(args.bind)
     except ValueError as exc:
         raise CommandError(f"--bind: {exc}") from None
+    if args.workers > 1:
+        return supervise(args, ip, port)
     try:
         return _run(args, key, ip, port)
     except StoreError as exc:
@@ -93,7 +119,9 @@ def _open(url: str) -> Store:
 def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
     store = _open(args.db)
     tune_gc()
-    getter = UDPStatusGetter(key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None)
+    getter = UDPStatusGetter(
+        key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None, reuse_port=args.reuse_port
+    )
     failover = FailoverCommand(args.failover_command) if args.failover_command else None
     manager = HealthManager(
         getter,
