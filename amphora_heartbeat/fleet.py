@@ -241,6 +241,7 @@ class Fleet:
         prebuilt: bool | None = None,
         variants: int = DEFAULT_VARIANTS,
         rings: list[list[bytes]] | None = None,
+        sources: int = 1,
         progress: Callable[[FleetProgress], None] | None = None,
         progress_interval: float = 1.0,
         stop: threading.Event | None = None,
@@ -260,6 +261,8 @@ class Fleet:
             raise ValueError("rate must be positive")
         if variants < 1:
             raise ValueError("variants must be at least 1")
+        if sources < 1:
+            raise ValueError("sources must be at least 1")
         if rings is not None and len(rings) != len(self.specs):
             raise ValueError("rings must hold one list of packets per amphora")
         addresses = [_resolve(t) for t in targets]
@@ -271,15 +274,16 @@ class Fleet:
                 prebuilt = first_rate > FRESH_MAX_RATE
             rings = self.build(variants) if prebuilt else []
         build_seconds = time.monotonic() - started
-        sockets: dict[int, socket.socket] = {}
+        sockets: dict[tuple[int, int], socket.socket] = {}
         try:
-            for family, _ in addresses:
-                if family not in sockets:
-                    sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
+            for source in range(sources):
+                for family, _ in addresses:
+                    if (source, family) not in sockets:
+                        sockets[source, family] = socket.socket(family, socket.SOCK_DGRAM)
             sender = _Sender(
                 self,
                 rings,
-                [(sockets[f].sendto, a) for f, a in addresses],
+                [[(sockets[i, f].sendto, a) for f, a in addresses] for i in range(sources)],
                 rate=rate,
                 interval=per_interval,
                 silent_after=silent_after,
@@ -326,6 +330,7 @@ def run_fleet(
     seed: int = 0,
     prebuilt: bool | None = None,
     variants: int = DEFAULT_VARIANTS,
+    sources: int = 1,
     progress: Callable[[FleetProgress], None] | None = None,
     progress_interval: float = 1.0,
     stop: threading.Event | None = None,
@@ -350,6 +355,10 @@ def run_fleet(
     :param prebuilt: pre-build packets (True), build each at send time (False),
         or choose by the rate (None: pre-built above :data:`FRESH_MAX_RATE`).
     :param variants: pre-built packets per amphora.
+    :param sources: sockets to send from; amphora ``i`` always sends from socket
+        ``i % sources``, so a receiver that spreads datagrams by source port
+        (``SO_REUSEPORT``) sees each amphora on one socket, as it sees real
+        amphorae (each its own address).
     :param progress: called about every ``progress_interval`` seconds.
     :param stop: set it (from a signal handler or another thread) to end the run.
     :returns: what was sent.
@@ -376,6 +385,7 @@ def run_fleet(
         silent_after=silent_after,
         prebuilt=prebuilt,
         variants=variants,
+        sources=sources,
         progress=progress,
         progress_interval=progress_interval,
         stop=stop,
@@ -389,7 +399,7 @@ class _Sender:
         self,
         fleet: Fleet,
         rings: list[list[bytes]],
-        sends: list[tuple[Callable[[bytes, Any], int], Any]],
+        sends: list[list[tuple[Callable[[bytes, Any], int], Any]]],
         *,
         rate: float | None,
         interval: float | None,
@@ -413,7 +423,7 @@ class _Sender:
         self.counts = [0] * n
         self.sent = 0
         self.errors = 0
-        self.per_target = [0] * len(sends)
+        self.per_target = [0] * len(sends[0])
         self.elapsed = 0.0
         self.done = False
 
@@ -469,8 +479,10 @@ class _Sender:
             packet = ring[k % len(ring)]
         else:
             packet = self.fleet.packet(index, k)
-        target = (index + k) % len(self.sends)
-        send, address = self.sends[target]
+        # An amphora always sends from one socket of the pool (its source port).
+        sends = self.sends[index % len(self.sends)]
+        target = (index + k) % len(sends)
+        send, address = sends[target]
         try:
             send(packet, address)
         except OSError:

@@ -435,3 +435,25 @@ def test_a_real_getter_accepts_every_fleet_heartbeat() -> None:
     assert counters["accepted"] == counters["received"] == 20
     assert {h.amphora_id for h in seen} == {a.amphora_id for a in make_fleet(5)}
     assert all(h.recv_time is not None and h.version == 3 for h in seen)
+
+
+def test_each_amphora_sends_from_one_socket_of_the_pool() -> None:
+    """With sources=4 the fleet uses four source ports, one per amphora throughout."""
+    import socket as socket_module
+
+    from amphora_heartbeat.envelope import unwrap_envelope
+
+    with socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(DEADLINE)
+        target = f"127.0.0.1:{rx.getsockname()[1]}"
+        summary = run_fleet([target], KEY, amphorae=8, count=32, rate=2000, sources=4)
+        ports: dict[str, set[int]] = {}
+        for _ in range(summary.sent):
+            data, (_, port) = rx.recvfrom(65536)
+            ports.setdefault(unwrap_envelope(data, KEY)["id"], set()).add(port)
+    assert len(ports) == 8
+    assert all(len(p) == 1 for p in ports.values())
+    assert len({p for ps in ports.values() for p in ps}) == 4
+    with pytest.raises(ValueError, match="sources"):
+        run_fleet([target], KEY, amphorae=1, count=1, sources=0)

@@ -283,3 +283,21 @@ def test_two_workers_fail_each_silent_amphora_over_once(
         parent.stop()
     failed = log.read_text().split()
     assert sorted(failed) == sorted(silent)
+
+
+def test_delay_histograms_of_several_workers_merge() -> None:
+    """Merged histograms count every delay; different buckets refuse to merge."""
+    from amphora_heartbeat.manager import DelayHistogram
+
+    a, b = DelayHistogram(), DelayHistogram()
+    a.add(0.010, 99)
+    b.add(0.500, 1)
+    b.add(0.020, 100)
+    a.merge(b)
+    assert a.count == 200
+    assert a.maximum == 0.5
+    assert a.quantile(0.4) == pytest.approx(0.011)
+    assert a.quantile(0.6) == pytest.approx(0.021)
+    assert a.quantile(0.999) == pytest.approx(0.501)
+    with pytest.raises(ValueError, match="same buckets"):
+        a.merge(DelayHistogram(width=0.01))

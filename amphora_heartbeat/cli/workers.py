@@ -6,29 +6,12 @@ import argparse
 import contextlib
 import json
 import signal
-import socket
 import sys
 
-from ..manager.supervisor import Supervisor
+from ..manager.supervisor import Supervisor, reserve_port
 from ..options import format_address
 
 __all__ = ["supervise"]
-
-
-def _reserve(ip: str, port: int) -> socket.socket:
-    """Bind a ``SO_REUSEPORT`` socket to pick the port the workers will share."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((ip, port))
-        # Connected to a loopback port nobody sends from, it takes no datagram of the
-        # group's while the workers start (Linux prefers the unconnected sockets).
-        sock.connect(("::1" if family == socket.AF_INET6 else "127.0.0.1", 9))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def supervise(args: argparse.Namespace, ip: str, port: int) -> int:
@@ -39,7 +22,7 @@ def supervise(args: argparse.Namespace, ip: str, port: int) -> int:
     the end.  SIGTERM or SIGINT stops every worker after its current tick; SIGHUP
     is passed on to each.
     """
-    with _reserve(ip, port) as reserved:
+    with reserve_port(ip, port) as reserved:
         host, bound = reserved.getsockname()[:2]
         argv = [sys.executable, "-m", "amphora_heartbeat", *args.argv]
         argv += ["--workers", "1", "--reuse-port", "--bind", format_address((host, bound))]

@@ -175,7 +175,11 @@ class HealthManager:
         #: Receive-to-commit delays of every committed heartbeat.
         self.delays = DelayHistogram()
         self._counts: collections.Counter[str] = collections.Counter()
-        self._gauges: dict[str, float] = {"tick_seconds": 0.0, "lag_seconds": 0.0}
+        self._gauges: dict[str, float] = {
+            "tick_seconds": 0.0,
+            "tick_seconds_total": 0.0,
+            "lag_seconds": 0.0,
+        }
         self._backlog = Backlog(max_batch=max_batch, max_backlog=max_backlog)
         self._views = ViewCache()
         self._losses = LossWatch(heartbeat_timeout, self._counts)
@@ -282,6 +286,7 @@ class HealthManager:
         for h in batch:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
+        self._gauges["tick_seconds_total"] += committed - start
         self._gauges["lag_seconds"] = lag
         self._gauges["max_lag_seconds"] = max(self._gauges.get("max_lag_seconds", 0.0), lag)
 
@@ -448,7 +453,8 @@ class HealthManager:
         ``stale_not_failed_over``, ``socket_drops`` (datagrams the kernel dropped
         on the receive socket, Linux only), ``overloads`` (stale checks that found
         heartbeats lost); gauges
-        ``tick_seconds`` and ``lag_seconds`` (last tick), ``max_lag_seconds``,
+        ``tick_seconds`` and ``lag_seconds`` (last tick), ``tick_seconds_total`` (all
+        committed ticks), ``max_lag_seconds``,
         ``backlog``, and the receive-to-commit delay ``delay_p99_seconds`` and
         ``delay_max_seconds``.
         """

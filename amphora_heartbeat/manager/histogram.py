@@ -46,6 +46,14 @@ class DelayHistogram:
         copy.maximum = self.maximum
         return copy
 
+    def merge(self, other: DelayHistogram) -> None:
+        """Add the delays ``other`` counted (same buckets), e.g. another process's."""
+        if other.width != self.width or len(other._counts) != len(self._counts):
+            raise ValueError("only histograms of the same buckets merge")
+        self._counts = [a + b for a, b in zip(self._counts, other._counts, strict=True)]
+        self.count += other.count
+        self.maximum = max(self.maximum, other.maximum)
+
     def since(self, earlier: DelayHistogram) -> DelayHistogram:
         """Return the delays counted after ``earlier`` (a snapshot of this histogram)."""
         diff = self.snapshot()

@@ -23,12 +23,13 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Supervisor", "sum_counters"]
+__all__ = ["Supervisor", "reserve_port", "sum_counters"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
@@ -43,6 +44,25 @@ _HEALTHY_AFTER = 30.0
 #: Counters that are not added up over workers but taken at their largest.
 _MAXIMA = ("delay_p99_seconds", "delay_max_seconds", "max_lag_seconds", "tick_seconds",
            "lag_seconds")  # fmt: skip
+
+
+def reserve_port(ip: str, port: int) -> socket.socket:
+    """Bind a ``SO_REUSEPORT`` socket to ``ip:port`` (0: a free port) for workers to share.
+
+    Keep it until the workers listen, then close it.  It is connected to a
+    loopback port nobody sends from, so meanwhile it takes none of the group's
+    datagrams (Linux prefers the unconnected members).
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((ip, port))
+        sock.connect(("::1" if family == socket.AF_INET6 else "127.0.0.1", 9))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def sum_counters(each: Sequence[Mapping[str, float]]) -> dict[str, float]:
