@@ -301,3 +301,32 @@ def test_delay_histograms_of_several_workers_merge() -> None:
     assert a.quantile(0.999) == pytest.approx(0.501)
     with pytest.raises(ValueError, match="same buckets"):
         a.merge(DelayHistogram(width=0.01))
+
+
+def test_two_workers_hold_the_storm_threshold(
+    seeded: tuple[str, list[AmphoraSpec]],
+    senders: Callable[..., list[UDPStatusSender]],
+    tmp_path: Path,
+) -> None:
+    """Five amphorae silent at once with failover_threshold 3: no worker fails any over."""
+    db, fleet = seeded
+    log = tmp_path / "failovers"
+    command = f"sh -c 'echo \"$0\" >> {log}'"
+    parent = Parent(db, 2, "--heartbeat-timeout", "2", "--health-check-interval", "0.2",
+                    "--failover-threshold", "3", "--failover-command", command)  # fmt: skip
+    silent = {spec.amphora_id for spec in fleet[:5]}
+    store = open_store(db)
+    try:
+        socks = senders(parent.port)
+        _round(fleet, socks, 1)
+        for seq in range(2, 22):  # about 6 s: three heartbeat timeouts
+            time.sleep(0.3)
+            _round(fleet[5:], socks[5:], seq)
+        _wait(lambda: set(store.read_amphora_statuses().values()) >= {"FAILOVER_STOPPED"},
+              "the storm guard")  # fmt: skip
+        statuses = store.read_amphora_statuses()
+    finally:
+        parent.stop()
+        store.close()
+    assert not log.exists()
+    assert {a for a, s in statuses.items() if s == "FAILOVER_STOPPED"} == silent
