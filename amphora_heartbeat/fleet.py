@@ -121,6 +121,8 @@ class FleetSummary:
     variants: int
     #: Seconds spent building packets before the clock started.
     build_seconds: float
+    #: Why the last failed send failed (the operating system's text), "" if none did.
+    send_error: str = ""
 
     @property
     def rate(self) -> float:
@@ -306,6 +308,7 @@ class Fleet:
             prebuilt=bool(rings),
             variants=len(rings[0]) if rings else 0,
             build_seconds=build_seconds,
+            send_error=sender.error,
         )
 
 
@@ -423,6 +426,7 @@ class _Sender:
         self.counts = [0] * n
         self.sent = 0
         self.errors = 0
+        self.error = ""
         self.per_target = [0] * len(sends[0])
         self.elapsed = 0.0
         self.done = False
@@ -485,9 +489,10 @@ class _Sender:
         send, address = sends[target]
         try:
             send(packet, address)
-        except OSError:
+        except OSError as exc:
             # As the agent does: a failed send is counted and not retried.
             self.errors += 1
+            self.error = exc.strerror or str(exc)
         else:
             self.per_target[target] += 1
         self.sent += 1

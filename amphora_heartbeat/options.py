@@ -17,6 +17,8 @@ __all__ = [
     "format_address",
     "parse_address",
     "parse_count",
+    "parse_database_url",
+    "parse_fraction",
     "parse_keys",
     "parse_seconds",
 ]
@@ -41,14 +43,35 @@ def parse_keys(text: str) -> KeyRing:
 
 def parse_seconds(text: str, *, zero: bool = False) -> float:
     """Return a finite number of seconds above zero (or at least zero, if ``zero``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise OptionError(f"expected a number of seconds, got {text!r}") from None
+    value = _number(text, "a number of seconds")
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         bound = "at least 0" if zero else "above 0"
         raise OptionError(f"expected a finite number of seconds {bound}, got {text!r}")
     return value
+
+
+def parse_fraction(text: str) -> float:
+    """Return a fraction from 0 to 1 (a share of a fleet, say)."""
+    value = _number(text, "a fraction from 0 to 1")
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise OptionError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def parse_database_url(text: str) -> str:
+    """Return a database URL, refusing an empty one (SQLite would open a throwaway file)."""
+    if not text.strip():
+        raise OptionError(
+            f"expected a database URL (sqlite:///PATH or postgresql://...), got {text!r}"
+        )
+    return text
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise OptionError(f"expected {what}, got {text!r}") from None
 
 
 def parse_count(text: str, *, minimum: int = 1, maximum: int = 2**31 - 1) -> int:

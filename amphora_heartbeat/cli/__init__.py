@@ -8,18 +8,22 @@ users can read argv.  This package is the only part of the library that prints,
 and no other part imports it.
 
 Exit status: 0 done; 1 a runtime failure (an unreachable database, a port in
-use); 2 a usage error (a bad option value, a missing key).  Either failure is
-one line on stderr, ``amphora-heartbeat COMMAND: error: ...``.
+use, a missing optional package); 2 a usage error (a bad option value, a missing
+key).  Either failure is one line on stderr, ``amphora-heartbeat COMMAND: error:
+...``, never a traceback.  A reader of stdout that goes away early (``| head``)
+ends the command quietly, with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from .. import __version__
+from ..store import StoreError
 from . import decode, demo, fleet, listen, manager, send
 from .common import KEY_ENV, CommandError
 
@@ -62,10 +66,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that re-run
     try:
         status: int = args.func(args)
-    except CommandError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
         return 1
+    except KeyboardInterrupt:
+        return 130
+    except (CommandError, StoreError, ImportError, OSError, ValueError) as exc:
+        print(f"{parser.prog} {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, CommandError) else 1
     return status
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever a driver's message holds
+    return f"the database: {text}" if isinstance(exc, StoreError) else text
+
+
+def _discard_stdout() -> None:
+    # What CPython's documentation advises on SIGPIPE: point stdout at devnull so
+    # that the flush at interpreter exit does not fail a second time.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

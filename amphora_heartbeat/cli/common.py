@@ -16,15 +16,30 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..envelope import KeyRing
-from ..options import OptionError, parse_count, parse_keys, parse_seconds
+from ..options import (
+    OptionError,
+    parse_address,
+    parse_count,
+    parse_database_url,
+    parse_fraction,
+    parse_keys,
+    parse_seconds,
+)
+from ..store import Store, open_store
 
 __all__ = [
     "KEY_ENV",
     "OPTIONS",
     "CommandError",
     "add_options",
+    "address",
+    "addresses",
+    "argtype",
     "count",
+    "database",
+    "fraction",
     "load_key",
+    "open_database",
     "seconds",
     "signing_key",
     "stop_on_signals",
@@ -38,23 +53,41 @@ class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit status 2."""
 
 
-def _argtype(parse: Callable[..., Any], name: str, **options: Any) -> Callable[[str], Any]:
-    """Return an argparse type that turns :class:`OptionError` into argparse's own error."""
+def argtype(parse: Callable[..., Any], name: str, **options: Any) -> Callable[[str], Any]:
+    """Return an argparse type calling ``parse(text, **options)``.
+
+    A :class:`ValueError` (:class:`OptionError` included) becomes argparse's own
+    usage error, its message after the option's name (exit status 2).
+    """
 
     def convert(text: str) -> Any:
         try:
             return parse(text, **options)
-        except OptionError as exc:
+        except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     convert.__name__ = name  # argparse names the type in its messages
     return convert
 
 
+def _check_address(text: str, *, several: bool = False) -> str:
+    for part in text.split(",") if several else [text]:
+        parse_address(part)
+    return text
+
+
 #: Seconds above zero, finite.
-seconds = _argtype(parse_seconds, "seconds")
-#: A whole number of at least one.
-count = _argtype(parse_count, "count")
+seconds = argtype(parse_seconds, "seconds")
+#: A whole number from 1 to 2**31 - 1.
+count = argtype(parse_count, "count")
+#: A fraction from 0 to 1.
+fraction = argtype(parse_fraction, "fraction")
+#: A database URL, not empty.
+database = argtype(parse_database_url, "database URL")
+#: ``IP:PORT`` or ``[IPv6]:PORT``, checked and kept as text.
+address = argtype(_check_address, "address")
+#: Addresses separated by commas, each checked, kept as text.
+addresses = argtype(_check_address, "addresses", several=True)
 
 
 def _add_key(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +127,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "key": _add_key,
     "bind": _option(
         "--bind",
+        type=address,
         default="127.0.0.1:5555",
         metavar="IP:PORT",
         help="address to receive on; default %(default)s",
@@ -128,6 +162,8 @@ def _parse_keys(text: str) -> KeyRing:
 def load_key(args: argparse.Namespace) -> KeyRing:
     """Return the key from ``--key``, ``--key-file`` or the environment, in that order."""
     if args.key:
+        if not all(args.key):
+            raise CommandError("--key: an empty key is refused")
         return list(args.key) if len(args.key) > 1 else str(args.key[0])
     if args.key_file is not None:
         try:
@@ -141,19 +177,35 @@ def load_key(args: argparse.Namespace) -> KeyRing:
     return _parse_keys(text)
 
 
+def open_database(url: str) -> Store:
+    """Open the store ``url`` names; a URL it cannot take is a usage error.
+
+    An unreachable database is the store's :class:`~amphora_heartbeat.store.StoreError`
+    and a missing driver an :class:`ImportError`, both runtime failures (exit status 1).
+    """
+    try:
+        return open_store(url)
+    except ValueError as exc:
+        raise CommandError(f"--db: {exc}") from None
+
+
 def signing_key(key: KeyRing) -> str | bytes:
     """Return the key that signs: the key itself, or a ring's first."""
     return key if isinstance(key, (str, bytes)) else key[0]
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """Turn SIGINT and SIGTERM into a flag the caller's loop polls."""
+def stop_on_signals(
+    on_stop: Callable[[], object] | None = None,
+) -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT and SIGTERM into a flag the caller's loop polls (and a call of ``on_stop``)."""
     stopped = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopped
         stopped = True
+        if on_stop is not None:
+            on_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -25,7 +25,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``decode`` command's options to ``parser``."""
-    parser.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="default stdin")
+    parser.add_argument(
+        "file", nargs="?", default="-", metavar="FILE|-", help="the datagram; default - (stdin)"
+    )
     add_options(parser, "key")
 
 
@@ -56,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
                 data = f.read()
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}: {exc}") from None
+    if not data.strip():
+        where = "stdin" if args.file == "-" else args.file
+        raise CommandError(f"no input: {where} holds no datagram (raw bytes, hex or base64 text)")
     datagram, form = read_datagram(data)
     try:
         unwrapped = Unwrapper(key).inspect(datagram)

@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
 import threading
 
 from ..envelope import Codec, Digest
-from ..fleet import DEFAULT_INTERVAL, DEFAULT_VARIANTS, FleetProgress, run_fleet
-from .common import add_options, load_key
+from ..fleet import (
+    DEFAULT_INTERVAL,
+    DEFAULT_VARIANTS,
+    FRESH_MAX_RATE,
+    FleetProgress,
+    FleetSummary,
+    run_fleet,
+)
+from ..options import OptionError, parse_count, parse_seconds
+from .common import (
+    add_options,
+    addresses,
+    argtype,
+    count,
+    fraction,
+    load_key,
+    seconds,
+    stop_on_signals,
+)
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -21,92 +37,162 @@ DESCRIPTION = (
 )
 
 
-def _rate(text: str) -> float:
+def _parse_rate(text: str) -> float:
     if text.lower() in ("max", "inf"):
         return math.inf
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("rate must be positive (or 'max')")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise OptionError(f"expected packets per second above 0, or 'max', got {text!r}")
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("expected a fraction between 0 and 1")
-    return value
+_rate = argtype(_parse_rate, "rate")
+_size = argtype(parse_count, "count", minimum=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``fleet`` command's options to ``parser``."""
     parser.add_argument(
         "--to",
+        type=addresses,
         required=True,
         metavar="IP:PORT[,IP:PORT...]",
         help="controllers to send to; each amphora round-robins over them",
     )
     add_options(parser, "key")
-    parser.add_argument("--amphorae", type=int, required=True, metavar="N")
-    parser.add_argument("--listeners", type=int, default=2, metavar="L")
-    parser.add_argument("--pools", type=int, default=2, metavar="P")
-    parser.add_argument("--members", type=int, default=4, metavar="M", help="members per pool")
+    parser.add_argument(
+        "--amphorae", type=count, required=True, metavar="N", help="simulated amphorae"
+    )
+    for flag, default, what in (
+        ("--listeners", 2, "listeners per amphora"),
+        ("--pools", 2, "pools per amphora, spread over its listeners"),
+        ("--members", 4, "members per pool"),
+    ):
+        parser.add_argument(
+            flag, type=_size, default=default, metavar=flag[2].upper(),
+            help=f"{what}; default %(default)s",
+        )  # fmt: skip
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--interval",
-        type=float,
+        type=seconds,
         metavar="S",
-        help=f"seconds between heartbeats of one amphora (default {DEFAULT_INTERVAL:g})",
+        help=f"seconds between heartbeats of one amphora; default {DEFAULT_INTERVAL:g}",
     )
-    pace.add_argument("--rate", type=_rate, metavar="R", help="total packets per second, or 'max'")
-    parser.add_argument("--duration", type=float, metavar="S", help="seconds to run")
-    parser.add_argument("--count", type=int, metavar="N", help="packets to send in all")
-    parser.add_argument("--codec", choices=[c.value for c in Codec], default="zlib")
-    parser.add_argument("--digest", choices=[d.value for d in Digest], default="hex")
-    parser.add_argument("--message-version", type=int, choices=range(4), default=3)
+    pace.add_argument(
+        "--rate", type=_rate, metavar="R", help="total packets per second, or 'max'; default none"
+    )
     parser.add_argument(
-        "--silent", type=_fraction, default=0.0, metavar="FRACTION", help="share that goes silent"
+        "--duration", type=seconds, metavar="S", help="seconds to run; default until stopped"
+    )
+    parser.add_argument(
+        "--count", type=count, metavar="N", help="packets to send in all; default no limit"
+    )
+    parser.add_argument(
+        "--codec",
+        choices=[c.value for c in Codec],
+        default="zlib",
+        help="compression; default %(default)s",
+    )
+    parser.add_argument(
+        "--digest",
+        choices=[d.value for d in Digest],
+        default="hex",
+        help="HMAC trailer form; default %(default)s",
+    )
+    parser.add_argument(
+        "--message-version",
+        type=int,
+        choices=range(4),
+        default=3,
+        help="message version 0-3; default %(default)s",
+    )
+    parser.add_argument(
+        "--silent",
+        type=fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of amphorae that fall silent; default %(default)s",
     )
     parser.add_argument(
         "--silent-after",
-        type=float,
+        type=argtype(parse_seconds, "seconds", zero=True),
         metavar="S",
-        help="seconds before they go silent (default: after one round)",
+        help="seconds before they fall silent; default after one round",
     )
     parser.add_argument(
-        "--flapping", type=_fraction, default=0.1, metavar="FRACTION", help="share with a flapper"
+        "--flapping",
+        type=fraction,
+        default=0.1,
+        metavar="FRACTION",
+        help="share of amphorae with one member flapping; default %(default)s",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the ids, flappers and silent; default %(default)s",
+    )
     build = parser.add_mutually_exclusive_group()
     build.add_argument(
-        "--prebuilt", dest="prebuilt", action="store_true", default=None, help="pre-build packets"
+        "--prebuilt",
+        dest="prebuilt",
+        action="store_true",
+        default=None,
+        help=f"pre-build packets; default above {FRESH_MAX_RATE:,.0f} packets/s",
     )
     build.add_argument(
         "--fresh", dest="prebuilt", action="store_false", help="build each packet at send time"
     )
-    parser.add_argument("--variants", type=int, default=DEFAULT_VARIANTS, metavar="N")
-    parser.add_argument("--progress-interval", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--variants",
+        type=count,
+        default=DEFAULT_VARIANTS,
+        metavar="N",
+        help="pre-built packets per amphora; default %(default)s",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds between progress lines on stderr; default %(default)s",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _per_second(rate: float) -> str:
+    """Return a rate for people: one decimal below 10/s (a slow fleet is not '0/s')."""
+    return f"{rate:.1f}/s" if rate < 10 else f"{rate:,.0f}/s"
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the ``fleet`` command; return the exit status."""
+    """Run the ``fleet`` command; return the exit status (1 when no packet went out)."""
     key = load_key(args)
     stop = threading.Event()
     tty = sys.stderr.isatty()
+    if args.duration is None and args.count is None:
+        sys.stderr.write(
+            f"sending from {_plural(args.amphorae, 'amphora', 'amphorae')} to {args.to} "
+            "until stopped (Ctrl-C or SIGTERM; --duration or --count to bound it)\n"
+        )
 
     def on_progress(p: FleetProgress) -> None:
         line = (
-            f"sent {p.sent}  rate {p.rate:,.0f}/s  send errors {p.send_errors}  "
+            f"sent {p.sent}  rate {_per_second(p.rate)}  send errors {p.send_errors}  "
             f"elapsed {p.elapsed:.1f} s"
         )
         sys.stderr.write(("\r" + line + "\x1b[K") if tty else line + "\n")
         sys.stderr.flush()
 
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals(stop.set):
         summary = run_fleet(
             args.to.split(","),
             key,
@@ -131,20 +217,26 @@ def run(args: argparse.Namespace) -> int:
             progress_interval=args.progress_interval,
             stop=stop,
         )
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if tty:
         sys.stderr.write("\n")
-    if args.json:
-        print(json.dumps(summary.to_dict()), flush=True)
-    else:
-        mode = f"pre-built x{summary.variants}" if summary.prebuilt else "fresh"
-        print(
-            f"sent {summary.sent} heartbeats from {summary.amphorae} amphorae in "
-            f"{summary.elapsed:.2f} s ({summary.rate:,.0f}/s, {mode}); "
-            f"send errors {summary.send_errors}; silent {len(summary.silent_ids)}; "
-            f"per target {list(summary.per_target)}",
-            flush=True,
-        )
+    _report(summary, as_json=args.json)
+    if summary.sent and summary.send_errors == summary.sent:
+        raise OSError(f"no heartbeat could be sent to {args.to}: {summary.send_error}")
     return 0
+
+
+def _report(summary: FleetSummary, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_dict()), flush=True)
+        return
+    mode = f"pre-built x{summary.variants}" if summary.prebuilt else "fresh"
+    errors = f"send errors {summary.send_errors}"
+    if summary.send_errors:
+        errors += f" (last: {summary.send_error})"
+    print(
+        f"sent {_plural(summary.sent, 'heartbeat', 'heartbeats')} from "
+        f"{_plural(summary.amphorae, 'amphora', 'amphorae')} in {summary.elapsed:.2f} s "
+        f"({_per_second(summary.rate)}, {mode}); {errors}; "
+        f"silent {len(summary.silent_ids)}; per target {list(summary.per_target)}",
+        flush=True,
+    )

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import HeartbeatError
 from ..getter import UDPStatusGetter
@@ -37,15 +41,21 @@ def _summary(heartbeat: Heartbeat) -> str:
     pools = [p.status or "-" for p in heartbeat.pools.values()]
     members = [m.raw for p in heartbeat.pools.values() for m in p.members.values()]
     return (
-        f"{len(listeners)} listeners{counted(listeners)}, {len(pools)} pools{counted(pools)}, "
-        f"{len(members)} members{counted(members)}"
+        f"{_count(listeners, 'listener')}{counted(listeners)}, "
+        f"{_count(pools, 'pool')}{counted(pools)}, {_count(members, 'member')}{counted(members)}"
     )
 
 
+def _count(items: Sequence[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 class _ListenGetter(UDPStatusGetter):
-    """A getter that prints each rejection instead of logging it."""
+    """A getter that prints each rejection, with its source port, instead of logging it."""
 
     as_json = False
+    #: The datagram's source as ``recvfrom`` gave it (the rejection hook has only the IP).
+    source: Any = ("", 0)
 
     def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
         if self.as_json:
@@ -53,13 +63,15 @@ class _ListenGetter(UDPStatusGetter):
                 {
                     "event": "rejected",
                     "source": srcaddr,
+                    "source_port": self.source[1],
                     "recv_time": now,
                     "reason": error.reason,
                     "detail": error.message,
                 }
             )
         else:
-            line = f"rejected from {srcaddr}: {error.reason}: {error.message!r}"
+            where = format_address(self.source[:2])
+            line = f"rejected from {where}: {error.reason}: {error.message!r}"
         print(line, flush=True)
 
 
@@ -67,30 +79,42 @@ def run(args: argparse.Namespace) -> int:
     """Run ``listen`` until SIGINT or SIGTERM; return the exit status."""
     key = load_key(args)
     ip, port = parse_address(args.bind)
-    with _ListenGetter(key, ip, port, timeout=0.2) as getter, stop_on_signals() as stopped:
+    with _ListenGetter(key, ip, port, timeout=0) as getter, stop_on_signals() as stopped:
         getter.as_json = args.json
         print(f"listening on {format_address(getter.address)}", flush=True)
-        while not stopped():
-            try:
-                heartbeat, srcaddr = getter.dorecv()
-            except (TimeoutError, HeartbeatError):
-                continue
-            if args.json:
-                line = json.dumps(
-                    {
-                        "event": "heartbeat",
-                        "source": srcaddr,
-                        "recv_time": heartbeat.recv_time,
-                        "amphora_id": heartbeat.amphora_id,
-                        "seq": heartbeat.seq,
-                        "version": heartbeat.version,
-                        "message": heartbeat.to_dict(),
-                    }
-                )
-            else:
-                line = (
-                    f"heartbeat from {srcaddr}: amphora {heartbeat.amphora_id} "
-                    f"seq {heartbeat.seq} ver {heartbeat.version}: {_summary(heartbeat)}"
-                )
-            print(line, flush=True)
+        # Read the getter's socket through a duplicate: recvfrom gives the source
+        # port, which dorecv() leaves out; handle_datagram() is the getter's own step.
+        with socket.socket(fileno=os.dup(getter.fileno())) as sock:
+            sock.settimeout(0.2)
+            while not stopped():
+                try:
+                    data, source = sock.recvfrom(65536)
+                except TimeoutError:
+                    continue
+                getter.source = source
+                try:
+                    heartbeat = getter.handle_datagram(data, source, now=time.time())
+                except HeartbeatError:
+                    continue
+                print(_line(heartbeat, source, as_json=args.json), flush=True)
     return 0
+
+
+def _line(heartbeat: Heartbeat, source: Any, *, as_json: bool) -> str:
+    if not as_json:
+        return (
+            f"heartbeat from {format_address(source[:2])}: amphora {heartbeat.amphora_id} "
+            f"seq {heartbeat.seq} ver {heartbeat.version}: {_summary(heartbeat)}"
+        )
+    return json.dumps(
+        {
+            "event": "heartbeat",
+            "source": source[0],
+            "source_port": source[1],
+            "recv_time": heartbeat.recv_time,
+            "amphora_id": heartbeat.amphora_id,
+            "seq": heartbeat.seq,
+            "version": heartbeat.version,
+            "message": heartbeat.to_dict(),
+        }
+    )

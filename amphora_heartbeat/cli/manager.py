@@ -6,13 +6,15 @@ import argparse
 import json
 import os
 import signal
+import sys
 
 from ..envelope import KeyRing
 from ..getter import UDPStatusGetter
-from ..manager import FailoverCommand, HealthManager, tune_gc
+from ..manager import FailoverCommand, HealthManager, TickReport, tune_gc
 from ..options import OptionError, parse_address, parse_count
-from ..store import Store, StoreError, open_store
-from .common import CommandError, add_options, load_key
+from ..store import Store, StoreError
+from .common import CommandError, add_options, argtype, count, database, load_key, open_database
+from .status import StatusLine, add_status_options
 from .workers import supervise
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "key")
     parser.add_argument(
         "--db",
+        type=database,
         required=True,
         metavar="URL",
         help="sqlite:///PATH (sqlite:////abs/path) or postgresql://USER@HOST:PORT/DB",
@@ -39,13 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "heartbeat-timeout", "heartbeat-interval", "health-check-interval", "tick")
     parser.add_argument(
         "--failover-threshold",
-        type=int,
+        type=count,
         metavar="N",
         help="fail none over when N amphorae are stale at once (storm guard); default none",
     )
     parser.add_argument(
         "--failover-threads",
-        type=int,
+        type=count,
         default=10,
         metavar="N",
         help="most failovers at once; default %(default)s",
@@ -65,11 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sock-rlimit",
-        type=int,
+        type=argtype(parse_count, "bytes", minimum=0),  # SO_RCVBUF is a C int
         default=0,
         metavar="BYTES",
         help="SO_RCVBUF in bytes; default 0, the system's",
     )
+    add_status_options(parser)
 
 
 def _workers(text: str) -> int:
@@ -103,8 +107,21 @@ def run(args: argparse.Namespace) -> int:
         raise OSError(f"cannot receive on {args.bind}: {exc}") from None
 
 
+class _Reporting(HealthManager):
+    """A manager whose loop also prints the status line (the library prints nothing)."""
+
+    status: StatusLine | None = None
+
+    def step(self, now: float) -> TickReport:
+        report = super().step(now)
+        if self.status is not None and self.status.due(now):
+            for line in self.status.lines(self.counters, now):
+                print(line, file=sys.stderr, flush=True)
+        return report
+
+
 def _open(url: str) -> Store:
-    store = open_store(url)
+    store = open_database(url)
     for attempt in range(2):
         try:
             store.create_schema()  # only the tables missing: nothing on an Octavia database
@@ -123,7 +140,7 @@ def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
         key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None, reuse_port=args.reuse_port
     )
     failover = FailoverCommand(args.failover_command) if args.failover_command else None
-    manager = HealthManager(
+    manager = _Reporting(
         getter,
         store,
         heartbeat_interval=args.heartbeat_interval,
@@ -141,6 +158,7 @@ def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     host, bound = getter.address
     print(f"listening on {host}:{bound}", flush=True)
+    manager.status = StatusLine(args.status_interval, quiet=args.quiet, start=manager.clock())
     try:
         manager.run()
     finally:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 
-from ..envelope import Codec, Digest
+from ..envelope import Codec, Digest, wrap_envelope
 from ..errors import HeartbeatError
 from ..models import Heartbeat
-from ..sender import UDPStatusSender
-from .common import CommandError, add_options, load_key, signing_key
+from ..options import format_address, parse_address
+from .common import CommandError, add_options, address, load_key, signing_key
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -20,7 +21,9 @@ DESCRIPTION = "Wrap one JSON heartbeat message and send it.  With a key ring, th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``send`` command's options to ``parser``."""
-    parser.add_argument("--to", required=True, metavar="IP:PORT", help="controller address")
+    parser.add_argument(
+        "--to", type=address, required=True, metavar="IP:PORT", help="controller address"
+    )
     parser.add_argument(
         "--codec",
         choices=[c.value for c in Codec],
@@ -49,17 +52,21 @@ def run(args: argparse.Namespace) -> int:
         message = json.loads(text)
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot read a JSON message from {args.file}: {exc}") from None
+    except RecursionError:
+        raise CommandError(f"cannot read {args.file}: the JSON nests too deeply") from None
     if not isinstance(message, dict):
         raise CommandError("the message must be a JSON object")
     try:
         Heartbeat.from_dict(message)
     except HeartbeatError as exc:
         print(f"warning: the receiver will refuse this message: {exc}", file=sys.stderr)
-    with UDPStatusSender(
-        key, [args.to], codec=Codec(args.codec), digest=Digest(args.digest)
-    ) as sender:
-        if not sender.dosend(message):
-            print(f"error: could not send to {args.to}", file=sys.stderr)
-            return 1
-    print(f"sent heartbeat to {sender.controllers[0]} ({args.codec}, {args.digest} trailer)")
+    datagram = wrap_envelope(message, key, codec=Codec(args.codec), digest=Digest(args.digest))
+    ip, port = parse_address(args.to)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.sendto(datagram, (ip, port))
+    except OSError as exc:
+        raise OSError(f"could not send to {args.to}: {exc.strerror or exc}") from None
+    print(f"sent heartbeat to {format_address((ip, port))} ({args.codec}, {args.digest} trailer)")
     return 0
