@@ -7,12 +7,11 @@ value of a key.  Neither the command line nor the manager has its own copy.
 
 from __future__ import annotations
 
-import math
-
 from .envelope import KeyRing
 from .sender import format_address, parse_address
 
 __all__ = [
+    "MAX_SECONDS",
     "OptionError",
     "format_address",
     "parse_address",
@@ -41,12 +40,22 @@ def parse_keys(text: str) -> KeyRing:
     return lines if len(lines) > 1 else lines[0]
 
 
+#: The longest time an option takes, in seconds: a year.  Far above any sensible
+#: timeout or interval, and far below what select() and datetime can hold.
+MAX_SECONDS = 365 * 86400
+
+
 def parse_seconds(text: str, *, zero: bool = False) -> float:
-    """Return a finite number of seconds above zero (or at least zero, if ``zero``)."""
+    """Return a number of seconds above zero (or at least zero, if ``zero``), at most a year.
+
+    NaN, infinities and more than :data:`MAX_SECONDS` are refused.
+    """
     value = _number(text, "a number of seconds")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        bound = "at least 0" if zero else "above 0"
-        raise OptionError(f"expected a finite number of seconds {bound}, got {text!r}")
+    if not (0 <= value <= MAX_SECONDS) or (value == 0 and not zero):
+        bound = "from 0" if zero else "above 0"
+        raise OptionError(
+            f"expected a number of seconds {bound} to {MAX_SECONDS} (a year), got {text!r}"
+        )
     return value
 
 

@@ -12,20 +12,21 @@ import contextlib
 import random
 import secrets
 import select
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, TextIO
 
 from ..getter import UDPStatusGetter
 from ..manager import HealthManager
 from ..models import ListenerStats
 from ..sender import UDPStatusSender, format_address
-from ..store import open_store
 from ..testing import make_fleet
-from .common import count, seconds
+from .common import count, database, open_database, seconds
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -42,10 +43,18 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``demo`` command's options to ``parser``."""
     parser.add_argument(
-        "--amphorae", type=count, default=3, metavar="N", help="default %(default)s"
+        "--amphorae",
+        type=count,
+        default=3,
+        metavar="N",
+        help="simulated amphorae; default %(default)s",
     )
     parser.add_argument(
-        "--duration", type=seconds, default=20.0, metavar="S", help="seconds; default %(default)s"
+        "--duration",
+        type=seconds,
+        default=20.0,
+        metavar="S",
+        help="seconds to run; default %(default)s",
     )
     parser.add_argument(
         "--interval",
@@ -54,9 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="heartbeat interval of the simulated amphorae, seconds; default %(default)s",
     )
-    parser.add_argument("--seed", type=int, default=1, help="default %(default)s")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed of the ids and the events; default %(default)s"
+    )
     parser.add_argument(
         "--db",
+        type=database,
         metavar="URL",
         help="database to write: sqlite:///PATH or postgresql://...; default a SQLite file "
         "in a temporary folder, removed at the end",
@@ -120,6 +132,10 @@ class _DemoTraffic:
         return out
 
 
+# Width of the name column: each load balancer's line fits in 80 columns.
+_NAME = 28
+
+
 def _demo_table(
     fleet: Sequence[Any],
     store: Any,
@@ -131,21 +147,27 @@ def _demo_table(
     start: float,
     duration: float,
     where: str,
-) -> str:
-    """Return the demo's status table, every status read back from the database."""
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Return the demo's status table, every status read back from the database.
+
+    The table is its header lines and one block per load balancer: its
+    operating status and its lines.
+    """
     ids = [a.amphora_id for a in fleet]
     views = store.read_views(ids)
     health = store.read_health()
     c = manager.counters
-    lines = [
-        f"amphora_heartbeat demo: {len(fleet)} amphorae -> {where}   "
-        f"t = {now - start:4.1f} s of {duration:g} s",
+    n = len(fleet)
+    header = [
+        f"amphora_heartbeat demo   t = {now - start:4.1f} s of {duration:g} s   "
+        f"{n} {'amphora' if n == 1 else 'amphorae'} -> {where}",
         f"heartbeats received {c['received']}, accepted {c['accepted']}, "
         f"rejected {c['received'] - c['accepted']}; ticks {c['ticks']}, rows written "
         f"{c['rows_written']}; failed over {len(failed_over)}",
         "",
-        f"{'LOAD BALANCER / LISTENER / POOL / MEMBER':<44}{'STATUS':<11}AMPHORA",
+        f"{'NAME':<{_NAME}}{'STATUS':<11}AMPHORA",
     ]
+    blocks = []
     for amphora in fleet:
         aid = amphora.amphora_id
         view = views[aid].view if aid in views else {}
@@ -158,22 +180,98 @@ def _demo_table(
             state = f"last_update {now - row[0]:4.1f} s ago"
             if aid == traffic.silent and now >= traffic.silent_at:
                 state = "silent, " + state
-        lines.append(
-            f"{'load balancer ' + amphora.load_balancer_id[:8]:<44}"
-            f"{view.get('operating_status', '?'):<11}{aid[:8]} seq {traffic.seq[aid]:<4} {state}"
-        )
-        listeners = view.get("listeners", {})
-        pools = view.get("pools", {})
-        for listener in amphora.listeners:
-            status = listeners.get(listener.listener_id, {}).get("operating_status", "?")
-            lines.append(f"{'  listener ' + listener.listener_id[:8]:<44}{status}")
-            for pool in listener.pools:
-                pv = pools.get(pool.pool_id, {"members": {}})
-                lines.append(f"{'    pool ' + pool.pool_id[:8]:<44}{pv.get('operating_status')}")
-                for member in pool.members:
-                    status = pv["members"].get(member, {}).get("operating_status", "?")
-                    lines.append(f"{'      member ' + member[:8]:<44}{status}")
-    return "\n".join(lines)
+        status = str(view.get("operating_status", "?"))
+        lines = [
+            f"{'load balancer ' + amphora.load_balancer_id[:8]:<{_NAME}}"
+            f"{status:<11}{aid[:8]} seq {traffic.seq[aid]:<4} {state}"
+        ]
+        lines += _tree_lines(amphora, view)
+        blocks.append((status, lines))
+    return header, blocks
+
+
+def _tree_lines(amphora: Any, view: Mapping[str, Any]) -> list[str]:
+    """Return the lines of one load balancer's listeners, pools and members."""
+    lines = []
+    listeners = view.get("listeners", {})
+    pools = view.get("pools", {})
+    for listener in amphora.listeners:
+        status = listeners.get(listener.listener_id, {}).get("operating_status", "?")
+        lines.append(f"{'  listener ' + listener.listener_id[:8]:<{_NAME}}{status}")
+        for pool in listener.pools:
+            pv = pools.get(pool.pool_id, {"members": {}})
+            lines.append(f"{'    pool ' + pool.pool_id[:8]:<{_NAME}}{pv.get('operating_status')}")
+            for member in pool.members:
+                status = pv["members"].get(member, {}).get("operating_status", "?")
+                lines.append(f"{'      member ' + member[:8]:<{_NAME}}{status}")
+    return lines
+
+
+def fit_table(header: list[str], blocks: list[tuple[str, list[str]]], rows: int) -> list[str]:
+    """Return the table in at most ``rows`` lines: the header, then whole load balancers.
+
+    The load balancers that do not fit are summarised on the last line, counted
+    by operating status.
+    """
+    lines = list(header)
+    for shown, (_, block) in enumerate(blocks):
+        room = rows - len(lines) - (shown < len(blocks) - 1)  # a line kept for the summary
+        if len(block) > room:
+            break
+        lines += block
+    else:
+        return lines
+    counts = Counter(status for status, _ in blocks[shown:])
+    left = len(blocks) - shown
+    lines.append(
+        f"... {left} more load {'balancer' if left == 1 else 'balancers'} ("
+        + ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+        + ") below the screen"
+    )
+    return lines[:rows]
+
+
+def _frame(lines: list[str], columns: int | None = None) -> str:
+    """Return the escape sequences that redraw the screen in place with ``lines``.
+
+    Cursor home, each line (cut to ``columns``) followed by erase to the end of
+    the line, then erase below: no clear, so no flicker and no copy of each frame
+    in the terminal's scrollback.
+    """
+    cut = [line[:columns] for line in lines] if columns else lines
+    return "\x1b[H" + "".join(line + "\x1b[K\n" for line in cut) + "\x1b[J"
+
+
+class _Screen:
+    """Where the demo draws: in place on a terminal, plain snapshots otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+        #: Seconds between two frames.
+        self.every = 0.25 if self.live else 1.0
+        if self.live:
+            out.write("\x1b[H\x1b[2J")  # one clear at the start, none per frame
+
+    def draw(self, table: tuple[list[str], list[tuple[str, list[str]]]], elapsed: float) -> None:
+        """Show one frame: redrawn in place and cut to the terminal's height, if live."""
+        header, blocks = table
+        if self.live:
+            size = shutil.get_terminal_size()
+            rows = size.lines - 1  # the cursor's line stays free
+            self.out.write(_frame(fit_table(header, blocks, rows), size.columns))
+        else:
+            lines = header + [line for _, block in blocks for line in block]
+            self.out.write(f"--- snapshot at {elapsed:.1f} s\n" + "\n".join(lines) + "\n")
+        self.out.flush()
+
+    def final(self, table: tuple[list[str], list[tuple[str, list[str]]]], elapsed: float) -> None:
+        """Print the last frame whole, over the live one: it stays in the scrollback."""
+        header, blocks = table
+        lines = [f"=== final, after {elapsed:.1f} s", *header]
+        lines += [line for _, block in blocks for line in block]
+        self.out.write(_frame(lines) if self.live else "\n".join(lines) + "\n")
+        self.out.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,14 +280,6 @@ def run(args: argparse.Namespace) -> int:
     ``args`` has ``amphorae``, ``duration`` and ``interval`` (seconds), ``seed`` and
     ``db`` (None: a SQLite file in a temporary folder, removed at the end).
     """
-    if args.amphorae < 1 or args.duration <= 0 or args.interval <= 0:
-        print(
-            "amphora-heartbeat demo: error: --amphorae, --duration and --interval must be positive",
-            file=sys.stderr,
-        )
-        return 2
-    out = sys.stdout
-    live = out.isatty()
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -197,11 +287,11 @@ def run(args: argparse.Namespace) -> int:
         stopping = True
 
     with contextlib.ExitStack() as stack:
-        url = getattr(args, "db", None)
+        url = args.db
         if not url:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="amphora-demo-"))
             url = f"sqlite:///{folder}/demo.db"
-        store = open_store(url)
+        store = open_database(url)
         stack.callback(store.close)
         store.create_schema()
         fleet = make_fleet(args.amphorae, seed=args.seed, members=3)
@@ -226,15 +316,22 @@ def run(args: argparse.Namespace) -> int:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         stack.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
         start = time.time()
-        end = start + args.duration
         traffic = _DemoTraffic(
             fleet, seed=args.seed, interval=interval, start=start, duration=args.duration
         )
-        where = f"{url if getattr(args, 'db', None) else 'a SQLite file in a temporary folder'}"
+        where = url if args.db else "a SQLite file in a temporary folder"
+
+        def table(now: float) -> tuple[list[str], list[tuple[str, list[str]]]]:
+            return _demo_table(
+                fleet, store, manager, traffic, failed_over,
+                now=now, start=start, duration=args.duration, where=where,
+            )  # fmt: skip
+
+        screen = _Screen(sys.stdout)
         next_round = start
-        next_draw = start + (0.25 if live else 1.0)
+        next_draw = start + screen.every
         now = start
-        while now < end and not stopping:
+        while now < start + args.duration and not stopping:
             if now >= next_round:
                 for message in traffic.messages(now):
                     sender.dosend(message)
@@ -243,25 +340,11 @@ def run(args: argparse.Namespace) -> int:
             select.select([getter.fileno()], [], [], 0.05)
             now = time.time()
             if now >= next_draw:
-                table = _demo_table(
-                    fleet, store, manager, traffic, failed_over,
-                    now=now, start=start, duration=args.duration, where=where,
-                )  # fmt: skip
-                if live:
-                    out.write("\x1b[H\x1b[2J" + table + "\n")
-                else:
-                    out.write(f"--- snapshot at {now - start:.1f} s\n{table}\n")
-                out.flush()
-                next_draw += 0.25 if live else 1.0
+                screen.draw(table(now), now - start)
+                next_draw += screen.every
         manager.step(time.time())
         manager.wait_failovers(5)
         manager.step(time.time())
         now = time.time()
-        table = _demo_table(
-            fleet, store, manager, traffic, failed_over,
-            now=now, start=start, duration=args.duration, where=where,
-        )  # fmt: skip
-        out.write(("\x1b[H\x1b[2J" if live else "") + f"=== final, after {now - start:.1f} s\n")
-        out.write(table + "\n")
-        out.flush()
+        screen.final(table(now), now - start)
     return 0
