@@ -3,72 +3,28 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
-import queue
+import pty
 import signal
 import socket
+import struct
 import subprocess
-import sys
-import threading
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _cli import DEADLINE, KEY, Lines, command, run
 
 from amphora_heartbeat.cli import build_parser, main
 from amphora_heartbeat.cli.decode import read_datagram
+from amphora_heartbeat.cli.demo import fit_table
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.options import OptionError, parse_keys
 from amphora_heartbeat.sender import parse_address
 from amphora_heartbeat.testing import build_message
-
-DEADLINE = 20.0
-KEY = "cli-test-key-do-not-print"
-
-
-def command(*args: str) -> list[str]:
-    """Return the argv that runs the installed command line."""
-    return [sys.executable, "-m", "amphora_heartbeat", *args]
-
-
-def run(*args: str, key: str | None = KEY, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """Run one command to its end, the key in the environment."""
-    env = dict(os.environ)
-    env.pop("AMPHORA_HEARTBEAT_KEY", None)
-    if key is not None:
-        env["AMPHORA_HEARTBEAT_KEY"] = key
-    result = subprocess.run(
-        command(*args), input=stdin, capture_output=True, env=env, timeout=60, check=False
-    )
-    return subprocess.CompletedProcess(
-        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
-    )
-
-
-class Lines:
-    """Lines of a running process's stdout, read by a thread, awaited with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.queue: queue.Queue[str | None] = queue.Queue()
-        assert proc.stdout is not None
-        stdout = proc.stdout
-        threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
-
-    def _read(self, stdout: object) -> None:
-        for line in stdout:  # type: ignore[attr-defined]
-            self.queue.put(line.rstrip("\n"))
-        self.queue.put(None)
-
-    def next(self) -> str:
-        """Return the next line, failing after the deadline or at end of output."""
-        try:
-            line = self.queue.get(timeout=DEADLINE)
-        except queue.Empty:
-            pytest.fail("no output line in time")
-        if line is None:
-            pytest.fail("the process ended early")
-        return line
 
 
 @pytest.fixture
@@ -84,7 +40,7 @@ def listener(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[
         env=env,
     )
     try:
-        yield proc, Lines(proc)
+        yield proc, Lines(proc.stdout)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -108,16 +64,24 @@ def test_listen_and_send(listener: tuple[subprocess.Popen[str], Lines], tmp_path
     sent = run("send", "--to", address, str(path))
     assert sent.returncode == 0, sent.stderr
     line = lines.next()
-    assert line.startswith("heartbeat from 127.0.0.1: amphora " + message["id"])
-    assert "seq 42 ver 3" in line
+    assert line.startswith("heartbeat from 127.0.0.1:")
+    assert f": amphora {message['id']} seq 42 ver 3: " in line
     assert "4 members (DOWN 4)" in line
     sent = run("send", "--to", address, "--codec", "zstd", "--digest", "raw", "-", stdin=b"{}")
     assert sent.returncode == 0
     assert "refuse" in sent.stderr
     assert "malformed" in lines.next()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.bind(("127.0.0.1", 0))
         raw.sendto(b"junk", parse_address(address))
-    assert "too_short" in lines.next()
+        port = raw.getsockname()[1]
+        raw.sendto(
+            wrap_envelope(build_message(listeners=1, members=1), KEY), parse_address(address)
+        )
+    assert lines.next().startswith(f"rejected from 127.0.0.1:{port}: too_short: ")
+    line = lines.next()
+    assert line.startswith(f"heartbeat from 127.0.0.1:{port}: amphora ")
+    assert line.endswith(": 1 listener (OPEN 1), 1 pool (UP 1), 1 member (UP 1)")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(DEADLINE) == 0
     assert proc.stderr is not None
@@ -131,15 +95,18 @@ def test_listen_json_and_sigint(listener: tuple[subprocess.Popen[str], Lines]) -
     address = parse_address(lines.next().removeprefix("listening on "))
     message = build_message(version=1, seq=7)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.bind(("127.0.0.1", 0))
         raw.sendto(wrap_envelope(message, KEY), address)
         raw.sendto(wrap_envelope(message, "wrong"), address)
+        port = raw.getsockname()[1]
     event = json.loads(lines.next())
     assert event["event"] == "heartbeat"
     assert event["message"] == message
-    assert event["source"] == "127.0.0.1"
+    assert (event["source"], event["source_port"]) == ("127.0.0.1", port)
     rejected = json.loads(lines.next())
     assert rejected["event"] == "rejected"
     assert rejected["reason"] == "invalid_hmac"
+    assert rejected["source_port"] == port
     proc.send_signal(signal.SIGINT)
     assert proc.wait(DEADLINE) == 0
 
@@ -229,11 +196,11 @@ def test_read_datagram_prefers_raw_magic() -> None:
 
 
 def test_main_in_process_send_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """main() returns 1 with a message when the controller address is not an IP address."""
+    """main() returns 2 when the controller address is a name, not an IP address."""
     path = tmp_path / "message.json"
     path.write_text(json.dumps(build_message()))
     status = main(["send", "--key", "k", "--to", "nowhere:5555", str(path)])
-    assert status == 1
+    assert status == 2
     assert "not an IP address" in capsys.readouterr().err
 
 
@@ -242,15 +209,13 @@ def test_parser_builds() -> None:
     assert build_parser().prog == "amphora-heartbeat"
 
 
-def test_demo_redraws_live_on_a_terminal() -> None:
-    """On a terminal the demo redraws its table in place and ends with the final table."""
-    import pty
-
+def _demo_on_a_terminal(rows: int, columns: int, *args: str) -> str:
+    """Run demo with stdout on a pseudo-terminal of that size; return all it wrote."""
     primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}
     proc = subprocess.Popen(
-        command("demo", "--duration", "1.5", "--amphorae", "2"),
-        stdout=secondary,
-        stderr=subprocess.PIPE,
+        command("demo", *args), stdout=secondary, stderr=subprocess.PIPE, env=env
     )
     os.close(secondary)
     chunks: list[bytes] = []
@@ -266,10 +231,53 @@ def test_demo_redraws_live_on_a_terminal() -> None:
     assert proc.wait(DEADLINE) == 0
     assert proc.stderr is not None
     proc.stderr.close()
-    out = b"".join(chunks).decode()
-    assert out.count("\x1b[H\x1b[2J") >= 2
-    assert "=== final" in out
+    return b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's newline
+
+
+def test_demo_redraws_in_place_within_the_terminal() -> None:
+    """On a 24-row terminal: one clear, frames redrawn from home that fit, one final frame."""
+    out = _demo_on_a_terminal(24, 100, "--duration", "1.6", "--amphorae", "4")
+    assert out.count("\x1b[2J") == 1  # the first frame only: no clear per frame
+    start, *frames = out.split("\x1b[H")
+    assert start == ""
+    assert frames[0] == "\x1b[2J"
+    live, final = frames[1:-1], frames[-1]
+    assert live, "no live frame"
+    for frame in live:
+        assert frame.endswith("\x1b[J")  # erase below the frame
+        lines = frame.removesuffix("\x1b[J").split("\n")[:-1]
+        assert len(lines) <= 23  # the cursor's line stays on the screen
+        assert all(line.endswith("\x1b[K") for line in lines)  # erase each line's end
+        assert lines[-1].startswith("... 3 more load balancers (")
+        assert frame.count("load balancer ") == 1
+    assert final.startswith("=== final")
+    assert final.count("load balancer ") == 4  # the final frame is whole
     assert "--- snapshot" not in out
+
+
+def test_demo_fits_long_lines_to_the_width() -> None:
+    """Each live line is cut to the terminal's width, so none wraps."""
+    out = _demo_on_a_terminal(60, 40, "--duration", "1.2", "--amphorae", "1")
+    live = out.split("\x1b[H")[2:-1]
+    assert live
+    for frame in live:
+        for line in frame.removesuffix("\x1b[J").split("\n")[:-1]:
+            assert len(line.removesuffix("\x1b[K")) <= 40
+
+
+def test_fit_table_keeps_whole_load_balancers() -> None:
+    """fit_table shows whole blocks while they fit and counts the rest by status."""
+    header = ["title", ""]
+    blocks = [("ONLINE", ["a", "a1"]), ("DEGRADED", ["b", "b1"]), ("ONLINE", ["c", "c1"])]
+    everything = ["title", "", "a", "a1", "b", "b1", "c", "c1"]
+    assert fit_table(header, blocks, 8) == everything
+    assert fit_table(header, blocks, 7) == [
+        "title", "", "a", "a1", "b", "b1", "... 1 more load balancer (ONLINE 1) below the screen"
+    ]  # fmt: skip
+    assert fit_table(header, blocks, 5)[-1] == (
+        "... 2 more load balancers (DEGRADED 1, ONLINE 1) below the screen"
+    )
+    assert fit_table(header, blocks, 1) == ["title"]
 
 
 @pytest.mark.parametrize(

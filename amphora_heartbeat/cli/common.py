@@ -9,6 +9,7 @@ commands take are declared once in :data:`OPTIONS` and added by name with
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -72,7 +73,11 @@ def argtype(parse: Callable[..., Any], name: str, **options: Any) -> Callable[[s
 
 def _check_address(text: str, *, several: bool = False) -> str:
     for part in text.split(",") if several else [text]:
-        parse_address(part)
+        host, _ = parse_address(part)
+        try:
+            ipaddress.ip_address(host)  # numeric: a name would need a lookup
+        except ValueError:
+            raise ValueError(f"{part!r}: {host!r} is not an IP address") from None
     return text
 
 

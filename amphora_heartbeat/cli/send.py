@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import socket
 import sys
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: the receiver will refuse this message: {exc}", file=sys.stderr)
     datagram = wrap_envelope(message, key, codec=Codec(args.codec), digest=Digest(args.digest))
     ip, port = parse_address(args.to)
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.sendto(datagram, (ip, port))
