@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from amphora_heartbeat.cli.fleet import add_arguments
+from amphora_heartbeat.cli.fleet import _per_second, add_arguments
 from amphora_heartbeat.envelope import Codec, Digest, Unwrapper
 from amphora_heartbeat.fleet import Fleet, FleetProgress, run_fleet
 from amphora_heartbeat.models import Heartbeat, MemberKind
@@ -249,6 +250,8 @@ def test_send_errors_are_counted_not_raised() -> None:
     assert summary.sent == 3
     assert summary.send_errors == 3
     assert summary.per_target == (0,)
+    assert summary.send_error == "Invalid argument"  # the system's reason
+    assert run_fleet(["127.0.0.1:9"], KEY, amphorae=1, count=1).send_error == ""
 
 
 def test_invalid_arguments() -> None:
@@ -293,11 +296,38 @@ def test_add_arguments_parses_the_issue_options() -> None:
     assert args.key == ["a", "b"]
     assert (args.listeners, args.pools, args.members, args.codec) == (1, 3, 2, "zstd")
     with pytest.raises(SystemExit):
-        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "1", "--interval", "1"])
+        parser.parse_args(
+            ["--to", "127.0.0.1:1", "--amphorae", "1", "--rate", "1", "--interval", "1"]
+        )
     with pytest.raises(SystemExit):
-        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--silent", "2"])
+        parser.parse_args(["--to", "127.0.0.1:1", "--amphorae", "1", "--silent", "2"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["--to", "x:1", "--amphorae", "1", "--rate", "-3"])
+        parser.parse_args(["--to", "127.0.0.1:1", "--amphorae", "1", "--rate", "-3"])
+
+
+def test_rates_read_well_when_slow() -> None:
+    """A slow fleet's rate has one decimal (0.2/s, not 0/s); a fast one is a whole number."""
+    assert _per_second(0.2) == "0.2/s"
+    assert _per_second(9.94) == "9.9/s"
+    assert _per_second(10.0) == "10/s"
+    assert _per_second(12345.6) == "12,346/s"
+
+
+def test_cli_bounded_run_prints_no_until_stopped_line(receivers: list[Receiver]) -> None:
+    """With --count the first stderr line is progress, and the summary says '1 amphora'."""
+    env = dict(os.environ, AMPHORA_HEARTBEAT_KEY=KEY)
+    out = subprocess.run(
+        _cli("--to", receivers[0].target, "--amphorae", "1", "--count", "2", "--rate", "20"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert out.stderr.startswith("sent ")
+    assert "until stopped" not in out.stderr
+    assert out.stdout.startswith("sent 2 heartbeats from 1 amphora in ")
+    assert re.search(r"\(\d+(\.\d)?/s, fresh\)", out.stdout)
 
 
 def _cli(*args: str, module: str = "amphora_heartbeat") -> list[str]:
@@ -399,6 +429,9 @@ def test_cli_stops_cleanly_on_sigterm(receivers: list[Receiver]) -> None:
     )
     try:
         assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("sending from 2 amphorae to ")
+        assert "until stopped (Ctrl-C or SIGTERM" in first
         # Readiness: the first progress line means the send loop is running.
         assert proc.stderr.readline().startswith("sent ")
         proc.send_signal(signal.SIGTERM)
