@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fcntl
 import json
@@ -313,3 +314,24 @@ def test_decode_malformed_message(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "key: 1 of 2" in out
     assert "rejected: malformed" in out
+
+
+def _options() -> list[tuple[str, argparse.Action]]:
+    """Return (command, action) for every option and argument of every command."""
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return [
+        (name, action)
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction)
+    ]
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    """Each option of each command has a help line; each optional value names its default."""
+    flags = (argparse._StoreTrueAction, argparse._StoreFalseAction)
+    for name, action in _options():
+        assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+        if action.required or isinstance(action, flags):
+            continue  # a flag is off unless given
+        assert "default" in action.help, f"{name} {action.option_strings or action.dest}"

@@ -113,8 +113,9 @@ def test_status_line_counts_since_the_last_line() -> None:
     )
     assert not status.due(109.0)
     counters.update(received=25, failovers_started=2, failovers_held_back=1)
+    counters.update(failovers_held_overloaded=4, stale_not_failed_over=8)
     (line,) = status.lines(counters, 110.0)
-    assert re.search(r"received 25 \(\+15\).* stale 3, ", line)
+    assert re.search(r"received 25 \(\+15\).* stale 15, ", line)
 
 
 def test_status_line_warns_once_and_only_when_every_heartbeat_is_unknown() -> None:

@@ -101,13 +101,14 @@ def _add_key(parser: argparse.ArgumentParser) -> None:
         "--key",
         action="append",
         metavar="K",
-        help=f"heartbeat key; repeat for a key ring (prefer --key-file or ${KEY_ENV})",
+        help="heartbeat key; repeat for a key ring; default none "
+        f"(prefer --key-file or ${KEY_ENV})",
     )
     group.add_argument(
         "--key-file",
         metavar="F",
         help="file holding the key as UTF-8; one trailing newline is ignored; "
-        "several lines make a key ring",
+        f"several lines make a key ring; default none, then ${KEY_ENV}",
     )
 
 

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--failover-command",
         metavar="CMD",
-        help="run CMD AMPHORA_ID for each stale amphora (exit 0: done; else retried)",
+        help="run CMD AMPHORA_ID for each stale amphora (exit 0: done; else retried); "
+        "default none (failover only logged)",
     )
     add_options(parser, "heartbeat-timeout", "heartbeat-interval", "health-check-interval", "tick")
     parser.add_argument(

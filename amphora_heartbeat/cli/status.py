@@ -31,6 +31,15 @@ def add_status_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print no status lines")
 
 
+# Stale amphorae, whatever became of them: failed over, held, or no failover configured.
+_STALE = (
+    "failovers_started",
+    "failovers_held_back",
+    "failovers_held_overloaded",
+    "stale_not_failed_over",
+)
+
+
 class StatusLine:
     """Make the status lines of a running manager from its counters.
 
@@ -68,10 +77,7 @@ class StatusLine:
         received = c.get("received", 0)
         new = received - self.last_received
         self.last_received = received
-        stale = sum(
-            c.get(k, 0)
-            for k in ("failovers_started", "failovers_held_back", "failovers_held_overloaded")
-        )
+        stale = sum(c.get(k, 0) for k in _STALE)
         return (
             f"received {received:,.0f} (+{new:,.0f}), rejected "
             f"{received - c.get('accepted', 0):,.0f}, written "
