@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import io
 import os
 import re
 import subprocess
@@ -15,9 +17,10 @@ import pytest
 from _docs import DOCS, OUTPUT_MARKER, page_blocks, run_page
 
 # Pages whose ```python blocks run, top to bottom in one namespace per page, as a reader
-# would paste them.  Functions named test_* that a page defines are then called (a page
-# that shows how to write tests proves its tests pass).
+# would paste them (the README's too).  Functions named test_* that a page defines are
+# then called (a page that shows how to write tests proves its tests pass).
 RUN_PAGES = [
+    "../README.md",
     "tutorial.md",
     "reference/wire-format.md",
     "reference/errors.md",
@@ -69,6 +72,18 @@ def test_page_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.Monkey
     namespace = run_page(page)
     shown = (DOCS / page).read_text(encoding="utf-8").count("\ndef test_")
     assert _call_tests(namespace) >= shown
+
+
+def test_readme_examples_each_run_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each python block of the README is a whole program: it runs in a fresh namespace."""
+    monkeypatch.chdir(tmp_path)
+    readme = DOCS.parent / "README.md"
+    blocks = python_blocks(readme.read_text(encoding="utf-8"))
+    assert len(blocks) >= 4
+    for lineno, body in blocks:
+        code = compile("\n" * (lineno - 1) + body, str(readme), "exec")
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(code, {"__name__": "__main__"})
 
 
 def test_fence_parser_finds_only_python_blocks() -> None:
@@ -182,3 +197,12 @@ def test_cli_reference_usage_blocks_are_current() -> None:
         command = match.group(1)
         actual = _help(command) if command in _commands() else _help()
         assert block == actual, f"the quoted help of {command or 'the command'} is stale"
+
+
+def test_tutorial_installs_from_the_repository() -> None:
+    """The tutorial's install step works today: from the repository, not from a registry."""
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    first_sh = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "pip install .\n" in first_sh
+    assert "pip install amphora_heartbeat" not in first_sh
+    assert (DOCS.parent / "pyproject.toml").is_file()
