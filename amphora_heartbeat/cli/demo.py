@@ -13,7 +13,6 @@ import random
 import secrets
 import select
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from ..manager import HealthManager
 from ..models import ListenerStats
 from ..sender import UDPStatusSender, format_address
 from ..testing import make_fleet
-from .common import count, database, open_database, seconds
+from .common import count, database, open_database, seconds, stop_on_signals
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
@@ -280,19 +279,12 @@ def run(args: argparse.Namespace) -> int:
     ``args`` has ``amphorae``, ``duration`` and ``interval`` (seconds), ``seed`` and
     ``db`` (None: a SQLite file in a temporary folder, removed at the end).
     """
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, stop_on_signals() as stopped:
         url = args.db
         if not url:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="amphora-demo-"))
             url = f"sqlite:///{folder}/demo.db"
-        store = open_database(url)
-        stack.callback(store.close)
+        store = stack.enter_context(contextlib.closing(open_database(url)))
         store.create_schema()
         fleet = make_fleet(args.amphorae, seed=args.seed, members=3)
         if len(store.read_views([a.amphora_id for a in fleet])) < len(fleet):
@@ -301,23 +293,11 @@ def run(args: argparse.Namespace) -> int:
         getter = stack.enter_context(UDPStatusGetter(key, "127.0.0.1", 0, timeout=0.05))
         sender = stack.enter_context(UDPStatusSender(key, [format_address(getter.address)]))
         failed_over: list[str] = []
-        interval = args.interval
-        manager = HealthManager(
-            getter,
-            store,
-            heartbeat_interval=10 * interval,
-            # Stale after three missed heartbeats (Octavia: 60 s at a 10 s interval).
-            heartbeat_timeout=3 * interval,
-            health_check_interval=interval / 2,
-            failover=failed_over.append,
-            tick=0.05,
-        )
+        manager = _manager(getter, store, args.interval, failed_over)
         stack.callback(manager.close)
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        stack.callback(lambda: [signal.signal(s, h) for s, h in old.items()])
         start = time.time()
         traffic = _DemoTraffic(
-            fleet, seed=args.seed, interval=interval, start=start, duration=args.duration
+            fleet, seed=args.seed, interval=args.interval, start=start, duration=args.duration
         )
         where = url if args.db else "a SQLite file in a temporary folder"
 
@@ -328,23 +308,42 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
 
         screen = _Screen(sys.stdout)
-        next_round = start
-        next_draw = start + screen.every
-        now = start
-        while now < start + args.duration and not stopping:
+        next_round, next_draw, now = start, start + screen.every, start
+        while now < start + args.duration and not stopped():
             if now >= next_round:
                 for message in traffic.messages(now):
                     sender.dosend(message)
-                next_round += interval
+                next_round += args.interval
             manager.step(now)
             select.select([getter.fileno()], [], [], 0.05)
             now = time.time()
             if now >= next_draw:
                 screen.draw(table(now), now - start)
                 next_draw += screen.every
-        manager.step(time.time())
-        manager.wait_failovers(5)
-        manager.step(time.time())
+        _finish(manager)
         now = time.time()
         screen.final(table(now), now - start)
     return 0
+
+
+def _manager(
+    getter: UDPStatusGetter, store: Any, interval: float, failed_over: list[str]
+) -> HealthManager:
+    """Return the demo's manager: stale after three missed heartbeats, failover recorded."""
+    return HealthManager(
+        getter,
+        store,
+        heartbeat_interval=10 * interval,
+        # Stale after three missed heartbeats (Octavia: 60 s at a 10 s interval).
+        heartbeat_timeout=3 * interval,
+        health_check_interval=interval / 2,
+        failover=failed_over.append,
+        tick=0.05,
+    )
+
+
+def _finish(manager: HealthManager) -> None:
+    """Commit what arrived, let the simulated failovers end, and record them."""
+    manager.step(time.time())
+    manager.wait_failovers(5)
+    manager.step(time.time())

@@ -7,6 +7,8 @@ import json
 import math
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from ..envelope import Codec, Digest
 from ..fleet import (
@@ -71,10 +73,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--pools", 2, "pools per amphora, spread over its listeners"),
         ("--members", 4, "members per pool"),
     ):
-        parser.add_argument(
-            flag, type=_size, default=default, metavar=flag[2].upper(),
-            help=f"{what}; default %(default)s",
-        )  # fmt: skip
+        _add(parser, flag, _size, default, what, metavar=flag[2].upper())
+    _add_pace(parser)
+    _add_packets(parser)
+    _add(parser, "--silent", fraction, 0.0, "share of amphorae that fall silent")
+    parser.add_argument(
+        "--silent-after",
+        type=argtype(parse_seconds, "seconds", zero=True),
+        metavar="S",
+        help="seconds before they fall silent; default after one round",
+    )
+    _add(parser, "--flapping", fraction, 0.1, "share of amphorae with one member flapping")
+    _add(parser, "--seed", int, 0, "seed of the ids, flappers and silent", metavar="SEED")
+    _add(parser, "--progress-interval", seconds, 1.0, "seconds between progress lines on stderr")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: Callable[[str], Any],
+    default: Any,
+    what: str,
+    **more: Any,
+) -> None:
+    """Add an option whose help is ``what`` and its default."""
+    metavar = {seconds: "S", fraction: "FRACTION", count: "N"}.get(kind)
+    more.setdefault("metavar", metavar)
+    parser.add_argument(
+        flag, type=kind, default=default, help=f"{what}; default %(default)s", **more
+    )
+
+
+def _add_pace(parser: argparse.ArgumentParser) -> None:
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--interval",
@@ -91,51 +122,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--count", type=count, metavar="N", help="packets to send in all; default no limit"
     )
-    parser.add_argument(
-        "--codec",
-        choices=[c.value for c in Codec],
-        default="zlib",
-        help="compression; default %(default)s",
-    )
-    parser.add_argument(
-        "--digest",
-        choices=[d.value for d in Digest],
-        default="hex",
-        help="HMAC trailer form; default %(default)s",
-    )
-    parser.add_argument(
-        "--message-version",
-        type=int,
-        choices=range(4),
-        default=3,
-        help="message version 0-3; default %(default)s",
-    )
-    parser.add_argument(
-        "--silent",
-        type=fraction,
-        default=0.0,
-        metavar="FRACTION",
-        help="share of amphorae that fall silent; default %(default)s",
-    )
-    parser.add_argument(
-        "--silent-after",
-        type=argtype(parse_seconds, "seconds", zero=True),
-        metavar="S",
-        help="seconds before they fall silent; default after one round",
-    )
-    parser.add_argument(
-        "--flapping",
-        type=fraction,
-        default=0.1,
-        metavar="FRACTION",
-        help="share of amphorae with one member flapping; default %(default)s",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the ids, flappers and silent; default %(default)s",
-    )
+
+
+def _add_packets(parser: argparse.ArgumentParser) -> None:
+    codecs, digests = [c.value for c in Codec], [d.value for d in Digest]
+    _add(parser, "--codec", str, "zlib", "compression", choices=codecs, metavar=None)
+    _add(parser, "--digest", str, "hex", "HMAC trailer form", choices=digests, metavar=None)
+    _add(parser, "--message-version", int, 3, "message version 0-3", choices=range(4))
     build = parser.add_mutually_exclusive_group()
     build.add_argument(
         "--prebuilt",
@@ -147,21 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--fresh", dest="prebuilt", action="store_false", help="build each packet at send time"
     )
-    parser.add_argument(
-        "--variants",
-        type=count,
-        default=DEFAULT_VARIANTS,
-        metavar="N",
-        help="pre-built packets per amphora; default %(default)s",
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=seconds,
-        default=1.0,
-        metavar="S",
-        help="seconds between progress lines on stderr; default %(default)s",
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add(parser, "--variants", count, DEFAULT_VARIANTS, "pre-built packets per amphora")
 
 
 def _per_second(rate: float) -> str:
@@ -192,30 +171,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(("\r" + line + "\x1b[K") if tty else line + "\n")
         sys.stderr.flush()
 
+    shape = ("amphorae", "listeners", "pools", "members", "interval", "rate", "duration")
+    more = ("count", "message_version", "silent", "silent_after", "flapping", "seed")
+    options = {name: getattr(args, name) for name in (*shape, *more, "prebuilt", "variants")}
     with stop_on_signals(stop.set):
         summary = run_fleet(
             args.to.split(","),
             key,
-            amphorae=args.amphorae,
-            listeners=args.listeners,
-            pools=args.pools,
-            members=args.members,
-            interval=args.interval,
-            rate=args.rate,
-            duration=args.duration,
-            count=args.count,
             codec=Codec(args.codec),
             digest=Digest(args.digest),
-            message_version=args.message_version,
-            silent=args.silent,
-            silent_after=args.silent_after,
-            flapping=args.flapping,
-            seed=args.seed,
-            prebuilt=args.prebuilt,
-            variants=args.variants,
             progress=on_progress,
             progress_interval=args.progress_interval,
             stop=stop,
+            **options,
         )
     if tty:
         sys.stderr.write("\n")
