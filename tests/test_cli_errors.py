@@ -41,6 +41,7 @@ USAGE_ERRORS = [
     (["fleet", "--to", "127.0.0.1:99999", "--amphorae", "1"], "port from 0 to 65535"),
     (["send", "--to", "localhost:9", "-"], "not an IP address"),
     (["fleet", "--to", "127.0.0.1:9", "--amphorae", "0"], "--amphorae"),
+    (["fleet", "--to", "127.0.0.1:9", "--amphorae", "many"], "whole number"),
     ([*FLEET, "--rate", "fast"], "packets per second"),
     ([*FLEET, "--rate", "nan"], "packets per second"),
     ([*FLEET, "--duration", "-1"], "--duration"),
@@ -150,13 +151,21 @@ def test_a_missing_driver_names_the_extra_to_install(tmp_path: Path) -> None:
     assert "pip install 'amphora_heartbeat[postgres]'" in line
 
 
-def test_a_port_in_use_is_a_runtime_error() -> None:
-    """listen on a port another socket holds is one line, exit 1."""
+@pytest.mark.parametrize("command_name", ["listen", "manager"])
+def test_a_port_in_use_is_a_runtime_error(command_name: str, tmp_path: Path) -> None:
+    """listen or manager on a port another socket holds is one line, exit 1."""
+    db = ["--db", f"sqlite:///{tmp_path}/h.db"] if command_name == "manager" else []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
         held.bind(("127.0.0.1", 0))
         port = held.getsockname()[1]
-        result = run("listen", "--bind", f"127.0.0.1:{port}")
+        result = run(command_name, "--bind", f"127.0.0.1:{port}", *db)
     assert "in use" in assert_one_error_line(result, 1)
+
+
+def test_an_empty_key_in_the_environment_is_refused() -> None:
+    """An empty AMPHORA_HEARTBEAT_KEY is a usage error, as an empty key file is."""
+    result = run("decode", key="", stdin=b"x")
+    assert "empty key" in assert_one_error_line(result, 2)
 
 
 def test_send_says_why_a_send_failed(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from ..getter import UDPStatusGetter
 from ..manager import FailoverCommand, HealthManager, TickReport, tune_gc
 from ..options import OptionError, parse_address, parse_count
 from ..store import Store, StoreError
-from .common import CommandError, add_options, argtype, count, database, load_key, open_database
+from .common import add_options, argtype, count, database, load_key, open_database
 from .status import StatusLine, add_status_options
 from .workers import supervise
 
@@ -94,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     bad option is exit status 2; an unreachable store, 1.
     """
     key = load_key(args)
-    try:
-        ip, port = parse_address(args.bind)
-    except ValueError as exc:
-        raise CommandError(f"--bind: {exc}") from None
+    ip, port = parse_address(args.bind)  # checked by argparse already
     if args.workers > 1:
         return supervise(args, ip, port)
     try:
