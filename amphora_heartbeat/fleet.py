@@ -456,7 +456,7 @@ class _Sender:
                     # Packet n is due at start + n * spacing.
                     now = time.monotonic()
                     if due - now >= _MIN_SLEEP:
-                        self._sleep(due - now, end)
+                        self._sleep(due - now, start, end)
                         now = time.monotonic()
                     self._check(now, start, end)
                     due += spacing
@@ -504,14 +504,16 @@ class _Sender:
             self.next_progress = now + self.progress_interval
             self.progress(FleetProgress(self.sent, self.errors, now - start))
 
-    def _sleep(self, seconds: float, end: float) -> None:
-        # Sleep in short steps so that a stop request or the end is seen soon.
+    def _sleep(self, seconds: float, start: float, end: float) -> None:
+        # Sleep in short steps so that a stop request, the end or a progress
+        # report due (a slow fleet waits long between packets) is seen soon.
         until = min(time.monotonic() + seconds, end)
         while not self.done:
-            left = until - time.monotonic()
+            now = time.monotonic()
+            left = until - now
             if left <= 0:
                 return
-            if self.stop is not None and self.stop.is_set():
-                self.done = True
+            self._check(now, start, end)
+            if self.done:
                 return
             time.sleep(min(left, _MAX_SLEEP))

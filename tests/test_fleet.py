@@ -243,6 +243,23 @@ def test_progress_is_reported(receivers: list[Receiver]) -> None:
     assert reports[-1].rate > 0
 
 
+def test_progress_is_reported_while_a_slow_fleet_waits(receivers: list[Receiver]) -> None:
+    """Between two packets half a second apart, progress still comes every interval."""
+    reports: list[FleetProgress] = []
+    run_fleet(
+        [receivers[0].target],
+        KEY,
+        amphorae=1,
+        rate=2,
+        count=2,
+        progress=reports.append,
+        progress_interval=0.05,
+    )
+    waiting = [r for r in reports if r.sent == 1]
+    assert len(waiting) >= 2  # without reports during the wait: one, when the packet is due
+    assert [r.elapsed for r in waiting] == sorted(r.elapsed for r in waiting)
+
+
 def test_send_errors_are_counted_not_raised() -> None:
     """A send the OS refuses is counted, as the agent does, and the run goes on."""
     # Port 0 is not a valid destination: sendto fails with an OSError each time.
