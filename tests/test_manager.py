@@ -974,8 +974,6 @@ def test_demo_runs_on_the_manager_and_reads_statuses_back(
     args = argparse.Namespace(amphorae=1, duration=0.3, interval=0.1, seed=2, db=None)
     assert run_demo(args) == 0
     assert "a SQLite file in a temporary folder" in capsys.readouterr().out
-    bad = argparse.Namespace(amphorae=0, duration=1, interval=1, seed=1, db=None)
-    assert run_demo(bad) == 2
 
 
 def test_manager_is_a_command_of_the_package_command_line() -> None:
