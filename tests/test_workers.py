@@ -20,7 +20,7 @@ from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.manager.supervisor import Supervisor, sum_counters
 from amphora_heartbeat.models import ListenerStats
 from amphora_heartbeat.sender import UDPStatusSender
-from amphora_heartbeat.store import open_store
+from amphora_heartbeat.store import TickWrite, open_store
 from amphora_heartbeat.testing import AmphoraSpec, make_fleet
 
 pg_server = _pg.pg_server
@@ -308,20 +308,21 @@ def test_two_workers_hold_the_storm_threshold(
     senders: Callable[..., list[UDPStatusSender]],
     tmp_path: Path,
 ) -> None:
-    """Five amphorae silent at once with failover_threshold 3: no worker fails any over."""
+    """Five amphorae silent since one moment, failover_threshold 3: no worker fails any over."""
     db, fleet = seeded
     log = tmp_path / "failovers"
+    silent = {spec.amphora_id for spec in fleet[:5]}
+    store = open_store(db)
+    # Heard last at one moment, they go stale at one moment: a check sees all five.
+    store.write_tick(TickWrite(now=time.time(), health=dict.fromkeys(silent, time.time() - 1)))
     command = f"sh -c 'echo \"$0\" >> {log}'"
     parent = Parent(db, 2, "--heartbeat-timeout", "2", "--health-check-interval", "0.2",
                     "--failover-threshold", "3", "--failover-command", command)  # fmt: skip
-    silent = {spec.amphora_id for spec in fleet[:5]}
-    store = open_store(db)
     try:
         socks = senders(parent.port)
-        _round(fleet, socks, 1)
-        for seq in range(2, 22):  # about 6 s: three heartbeat timeouts
-            time.sleep(0.3)
+        for seq in range(1, 21):  # about 6 s: three heartbeat timeouts
             _round(fleet[5:], socks[5:], seq)
+            time.sleep(0.3)
         _wait(lambda: set(store.read_amphora_statuses().values()) >= {"FAILOVER_STOPPED"},
               "the storm guard")  # fmt: skip
         statuses = store.read_amphora_statuses()
