@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import _pg
 import pytest
@@ -58,13 +59,19 @@ class Parent:
             raise AssertionError(f"no listening line: {line!r} {self.proc.communicate()[1]}")
         self.port = int(line.rsplit(":", 1)[1])
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.errors: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.errors), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+    @staticmethod
+    def _read(stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            into.append(line.rstrip("\n"))
 
     def workers(self) -> list[int]:
         """Return the pids of the worker processes now running."""
@@ -77,8 +84,9 @@ class Parent:
         """SIGTERM the parent; return the summed counters it prints."""
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(DEADLINE)
-        self._reader.join(10)
-        assert self.proc.returncode == 0, self.proc.stderr.read() if self.proc.stderr else ""
+        for reader in self._readers:
+            reader.join(10)
+        assert self.proc.returncode == 0, self.errors
         counters: dict[str, float] = json.loads(self.lines[-1])
         return counters
 
@@ -242,17 +250,22 @@ def test_sigterm_stops_every_worker_after_its_tick(
     seeded: tuple[str, list[AmphoraSpec]],
     senders: Callable[..., list[UDPStatusSender]],
 ) -> None:
-    """SIGTERM to the parent: each worker commits what it received, then all exit."""
+    """SIGTERM to the parent: each worker commits what it received, then all exit.
+
+    The workers' stderr (their status lines) reaches the parent's, each line marked.
+    """
     db, fleet = seeded
-    parent = Parent(db, 2)
+    parent = Parent(db, 2, "--status-interval", "0.2")
     socks = senders(parent.port)
     _round(fleet, socks, 1)
     _round(fleet, socks, 2)
     _wait(lambda: len(parent.workers()) == 2, "two workers")
+    _wait(lambda: any(line.startswith("[worker ") for line in parent.errors), "a status line")
     workers = parent.workers()
     counters = parent.stop()
     assert counters["accepted"] == counters["heartbeats_judged"] == 2 * len(fleet)
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    assert all(line.startswith(("[worker 0] ", "[worker 1] ")) for line in parent.errors)
     store = open_store(db)
     assert sum(s.bytes_in for s in store.read_statistics().values()) == 2 * len(fleet) * 10
     store.close()

@@ -29,7 +29,9 @@ def supervise(args: argparse.Namespace, ip: str, port: int) -> int:
         supervisor = Supervisor(
             argv,
             args.workers,
-            on_line=lambda i, line: print(f"[worker {i}] {line}", flush=True),
+            on_line=lambda i, line, err: print(
+                f"[worker {i}] {line}", file=sys.stderr if err else sys.stdout, flush=True
+            ),
         )
         handlers = {
             signal.SIGINT: lambda s, f: supervisor.stop(),

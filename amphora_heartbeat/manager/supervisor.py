@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import IO
 
 __all__ = ["Supervisor", "reserve_port", "sum_counters"]
 
@@ -87,7 +88,7 @@ class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: subprocess.Popen[str] | None = None
-        self.reader: threading.Thread | None = None
+        self.readers: list[threading.Thread] = []
         self.started = 0.0
         self.ready = threading.Event()
         self.counters: dict[str, float] | None = None
@@ -100,8 +101,9 @@ class Supervisor:
 
     :param argv: the worker's command line.
     :param workers: how many to run (at least 1).
-    :param on_line: called with (worker index, line) for each line a worker prints
-        other than its ready line and its counters; may be called from reader threads.
+    :param on_line: called with (worker index, line, True if from stderr) for each
+        line a worker prints other than its ready line and its counters; called from
+        reader threads.
     :param env: the workers' environment (None: this process's).
     """
 
@@ -110,7 +112,7 @@ class Supervisor:
         argv: Sequence[str],
         workers: int,
         *,
-        on_line: Callable[[int, str], None] | None = None,
+        on_line: Callable[[int, str, bool], None] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if workers < 1:
@@ -151,13 +153,21 @@ class Supervisor:
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if self.on_line is not None else None,
             text=True,
             env=self.env,
         )
-        worker.reader = threading.Thread(
-            target=self._read, args=(worker, worker.proc), daemon=True, name="worker-reader"
-        )
-        worker.reader.start()
+        worker.readers = [
+            threading.Thread(target=self._read, args=(worker, worker.proc), daemon=True)
+        ]
+        if worker.proc.stderr is not None:
+            worker.readers.append(
+                threading.Thread(
+                    target=self._read_errors, args=(worker.index, worker.proc.stderr), daemon=True
+                )
+            )
+        for reader in worker.readers:
+            reader.start()
 
     def _read(self, worker: _Worker, proc: subprocess.Popen[str]) -> None:
         """Read one worker's output until it closes (a reader thread's body)."""
@@ -171,9 +181,15 @@ class Supervisor:
                 with contextlib.suppress(ValueError):
                     worker.counters = json.loads(line)
             elif self.on_line is not None:
-                self.on_line(worker.index, line)
+                self.on_line(worker.index, line, False)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+
+    def _read_errors(self, index: int, stream: IO[str]) -> None:
+        """Hand each line of one worker's stderr to ``on_line`` (a reader thread's body)."""
+        for raw in stream:
+            if self.on_line is not None:
+                self.on_line(index, raw.rstrip("\n"), True)
 
     def run(self) -> dict[str, float]:
         """Watch the workers until :meth:`stop`; return their counters added up."""
@@ -235,8 +251,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if worker.reader is not None:
-                worker.reader.join(5.0)  # it ends at the pipe's end, counters line read
+            for reader in worker.readers:
+                reader.join(5.0)  # each ends at its pipe's end: the counters line is read
         finished = self._finished + [w.counters for w in self.workers if w.counters]
         total = sum_counters(finished)
         total["worker_restarts"] = self.restarts
