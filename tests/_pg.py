@@ -27,9 +27,8 @@ PGServer = _servers.PostgresServer
 SQLITE = "sqlite"
 POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.postgres)
 MYSQL = pytest.param("mysql", marks=pytest.mark.mysql)
-# The engines every store and manager test runs on.  Add MYSQL here once the store
-# has a MySQL engine: db_url already gives it a fresh database (``mysql_url``).
-ENGINES = [SQLITE, POSTGRESQL]
+# The engines every store and manager test runs on.
+ENGINES = [SQLITE, POSTGRESQL, MYSQL]
 
 
 # The server fixtures live with the servers; conftest.py registers them for every

@@ -6,9 +6,12 @@ statements are shared (:mod:`.base`); each engine module supplies what differs:
 
 * :mod:`.sqlite` — :class:`SQLiteStore`, the embedded default for one manager;
 * :mod:`.postgres` — :class:`PostgresStore` (psycopg 3, the ``postgres`` extra),
-  for several managers sharing one database.
+  for several managers sharing one database;
+* :mod:`.mysql` — :class:`MySQLStore` (PyMySQL, the ``mysql`` extra), MySQL 8 and
+  MariaDB, the database Octavia itself runs on.
 
-:func:`open_store` opens the engine a database URL names.  Time columns hold
+:func:`open_store` opens the engine a database URL names (:mod:`.url`: the forms
+octavia.conf's ``[database] connection`` takes).  Time columns hold
 naive UTC, as Octavia's do; the stores take and return seconds since the epoch.
 A store object is not thread-safe: one thread (the manager's loop) uses it.
 """
@@ -16,6 +19,7 @@ A store object is not thread-safe: one thread (the manager's loop) uses it.
 from __future__ import annotations
 
 from .base import StatsUpsert, Store, StoredView, StoreError, TickWrite
+from .mysql import MySQLStore
 from .postgres import PostgresStore
 from .schema import (
     ELIGIBLE_AMPHORA_STATUSES,
@@ -25,6 +29,7 @@ from .schema import (
     TABLES,
 )
 from .sqlite import SQLiteStore
+from .url import DatabaseURL, parse_url
 
 __all__ = [
     "ELIGIBLE_AMPHORA_STATUSES",
@@ -32,6 +37,8 @@ __all__ = [
     "OPERATING_STATUSES",
     "PROVISIONING_STATUSES",
     "TABLES",
+    "DatabaseURL",
+    "MySQLStore",
     "PostgresStore",
     "SQLiteStore",
     "StatsUpsert",
@@ -40,25 +47,37 @@ __all__ = [
     "StoredView",
     "TickWrite",
     "open_store",
+    "parse_url",
 ]
 
 
-def open_store(url: str) -> SQLiteStore | PostgresStore:
-    """Open the store a ``--db`` URL names.
+def open_store(url: str) -> SQLiteStore | PostgresStore | MySQLStore:
+    """Open the store a database URL names, as octavia.conf's ``[database] connection`` has it.
 
-    ``sqlite:///PATH`` (``sqlite:////abs/path`` for an absolute path, as
-    SQLAlchemy spells it; ``sqlite:///:memory:`` too) or a plain file path opens
-    a :class:`SQLiteStore`; ``postgresql://...`` (or ``postgres://``) a
-    :class:`PostgresStore`.
+    ``sqlite:///RELATIVE/PATH``, ``sqlite:////ABSOLUTE/PATH`` or
+    ``sqlite:///:memory:`` opens a :class:`SQLiteStore`;
+    ``postgresql[+psycopg2|+psycopg]://...`` a :class:`PostgresStore`;
+    ``mysql[+pymysql|+mysqldb]://...`` a :class:`MySQLStore`.  Raise
+    :class:`ValueError` (one line naming the supported forms) for anything
+    else, a plain file path included.
     """
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if not path.startswith("/"):
-            raise ValueError(f"expected sqlite:///PATH, got {url!r}")
-        path = path[1:] or ":memory:"
-        return SQLiteStore(path)
-    if "://" in url:
-        raise ValueError(f"unsupported database URL scheme: {url.partition('://')[0]!r}")
-    return SQLiteStore(url)
+    parsed = parse_url(url)
+    if parsed.engine == "sqlite":
+        return SQLiteStore(parsed.database)
+    if parsed.engine == "postgresql":
+        _check_libpq(parsed.libpq)
+        return PostgresStore(parsed.libpq)
+    return MySQLStore(url)
+
+
+def _check_libpq(dsn: str) -> None:
+    """Raise ValueError for a PostgreSQL URL libpq cannot parse (an unknown option, say)."""
+    try:
+        from psycopg import ProgrammingError  # noqa: PLC0415 - an optional extra
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        return
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        raise ValueError(f"bad PostgreSQL URL: {str(exc).strip().splitlines()[0]}") from None

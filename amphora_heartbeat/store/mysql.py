@@ -1,0 +1,410 @@
+"""MySQL 8 and MariaDB ≥ 10.6 through PyMySQL (the optional ``mysql`` extra) or mysqlclient.
+
+For the database Octavia itself runs on.  What differs from the other engines
+lives here: upserts are ``INSERT ... ON DUPLICATE KEY UPDATE`` with ``VALUES()``
+(the one spelling both servers run); a claim is a ``SELECT ... FOR UPDATE SKIP
+LOCKED`` then an ``UPDATE`` in one transaction (neither server updates a table
+through a subquery on itself); booleans are ``TINYINT(1)``; time columns are
+``DATETIME`` without fractional seconds, as Octavia's migrations make them; the
+session runs at ``READ COMMITTED`` rather than the servers' ``REPEATABLE READ``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
+
+from .base import SQLStore, StatsUpsert, StoreError, TickWrite, stats_rows
+from .url import DatabaseURL, parse_url
+
+__all__ = ["DRIVERS", "MySQLStore"]
+
+log = logging.getLogger("amphora_heartbeat.store")
+
+T = TypeVar("T")
+
+#: Driver name (as a URL's ``mysql+DRIVER://`` names it) to its module, in the
+#: order a plain ``mysql://`` URL tries them.
+DRIVERS = {"pymysql": "pymysql", "mysqldb": "MySQLdb"}
+
+# Server errors after which the transaction was rolled back and may simply run
+# again: a deadlock (a Galera certification failure reports the same code) and
+# a lock wait timeout.
+_RETRIED = frozenset({1213, 1205})
+# Client error codes start at 2000 (2006 gone away, 2013 lost, 2003 cannot
+# connect, ...): the connection is unusable and is reopened at the next call.
+_CLIENT_ERRORS = 2000
+# Seconds a statement waits for a row lock before error 1205 (the server's
+# default is 50): shorter than the driver's read timeout, so that a long wait
+# ends as a retried error rather than a dropped connection.
+_LOCK_WAIT = 10
+
+_SESSION = (
+    # Each statement sees what other managers committed before it, and locks
+    # only the rows it reads (no gap locks between the keys of an upsert).
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    f"SET SESSION innodb_lock_wait_timeout = {_LOCK_WAIT}",
+)
+
+_STATS = ("bytes_in", "bytes_out", "active_connections", "total_connections", "request_errors")
+_STATS_INSERT = (
+    f"INSERT INTO listener_statistics (listener_id, amphora_id, {', '.join(_STATS)})"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+)
+# VALUES(c) is the row that was to be inserted.  MySQL 8.0.20+ prefers a row
+# alias (deprecation warning 1287, still accepted); MariaDB has no row alias.
+_STATS_REPLACE = _STATS_INSERT + ", ".join(f"{c} = VALUES({c})" for c in _STATS)
+_STATS_ADD = _STATS_INSERT + ", ".join(
+    f"{c} = VALUES({c})" if c == "active_connections" else f"{c} = {c} + VALUES({c})"
+    for c in _STATS
+)
+_HEALTH_UPSERT = (
+    "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (%s, %s, %s)"
+    " ON DUPLICATE KEY UPDATE last_update = GREATEST(last_update, VALUES(last_update))"
+)
+# The claim: the candidates by a plain read, then their health rows locked
+# (others' locked rows skipped) and checked again, then marked busy.
+_CANDIDATES = (
+    "SELECT h.amphora_id FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
+    " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " WHERE h.amphora_id IN %s AND h.busy = false AND h.last_update < %s"
+    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
+    " AND lb.provisioning_status IN ('ACTIVE', 'ERROR')"
+)
+_LOCK_CANDIDATES = (
+    "SELECT amphora_id FROM amphora_health WHERE amphora_id IN %s AND busy = false"
+    " AND last_update < %s ORDER BY amphora_id FOR UPDATE SKIP LOCKED"
+)
+_MARK_BUSY = "UPDATE amphora_health SET busy = true WHERE amphora_id IN %s"
+
+
+def _create(table: str, *columns: str) -> tuple[str]:
+    return (f"CREATE TABLE {table} ({', '.join(columns)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",)
+
+
+_ID = "id VARCHAR(36) NOT NULL PRIMARY KEY"
+_LOOKUP = ("name VARCHAR(255) NOT NULL PRIMARY KEY", "description VARCHAR(255)")
+_OPERATING = "FOREIGN KEY (operating_status) REFERENCES operating_status (name)"
+_OF_LB = "FOREIGN KEY (load_balancer_id) REFERENCES load_balancer (id)"
+# The tables for a new database, in MySQL's types: as schema.DDL, with DATETIME
+# (no fractional seconds, as Octavia's) and table-level foreign keys (MySQL 8
+# ignores a REFERENCES clause written on a column).
+MYSQL_DDL: dict[str, tuple[str, ...]] = {
+    "operating_status": _create("operating_status", *_LOOKUP),
+    "provisioning_status": _create("provisioning_status", *_LOOKUP),
+    "load_balancer": _create(
+        "load_balancer",
+        _ID,
+        "enabled BOOLEAN NOT NULL",
+        "provisioning_status VARCHAR(16) NOT NULL",
+        "operating_status VARCHAR(16) NOT NULL",
+        "updated_at DATETIME",
+        "FOREIGN KEY (provisioning_status) REFERENCES provisioning_status (name)",
+        _OPERATING,
+    ),
+    "listener": _create(
+        "listener",
+        _ID,
+        "load_balancer_id VARCHAR(36)",
+        "enabled BOOLEAN NOT NULL",
+        "protocol VARCHAR(16) NOT NULL",
+        "operating_status VARCHAR(16) NOT NULL",
+        "default_pool_id VARCHAR(36)",
+        "updated_at DATETIME",
+        _OF_LB,
+        _OPERATING,
+    ),
+    "pool": _create(
+        "pool",
+        _ID,
+        "load_balancer_id VARCHAR(36)",
+        "operating_status VARCHAR(16) NOT NULL",
+        "updated_at DATETIME",
+        _OF_LB,
+        _OPERATING,
+    ),
+    "member": _create(
+        "member",
+        _ID,
+        "pool_id VARCHAR(36) NOT NULL",
+        "enabled BOOLEAN NOT NULL",
+        "operating_status VARCHAR(16) NOT NULL",
+        "updated_at DATETIME",
+        "FOREIGN KEY (pool_id) REFERENCES pool (id)",
+        _OPERATING,
+    ),
+    "amphora": _create(
+        "amphora",
+        _ID,
+        "load_balancer_id VARCHAR(36)",
+        "status VARCHAR(36)",
+        "lb_network_ip VARCHAR(64)",
+        "updated_at DATETIME",
+        _OF_LB,
+        "FOREIGN KEY (status) REFERENCES provisioning_status (name)",
+    ),
+    "amphora_health": _create(
+        "amphora_health",
+        "amphora_id VARCHAR(36) NOT NULL PRIMARY KEY",
+        "last_update DATETIME NOT NULL",
+        "busy BOOLEAN NOT NULL",
+    ),
+    "listener_statistics": _create(
+        "listener_statistics",
+        "listener_id VARCHAR(36) NOT NULL",
+        "amphora_id VARCHAR(36) NOT NULL",
+        "bytes_in BIGINT NOT NULL",
+        "bytes_out BIGINT NOT NULL",
+        "active_connections INTEGER NOT NULL",
+        "total_connections BIGINT NOT NULL",
+        "request_errors BIGINT NOT NULL",
+        "PRIMARY KEY (listener_id, amphora_id)",
+    ),
+}
+
+
+def _import_driver(name: str | None) -> tuple[str, Any]:
+    """Import the driver a URL names, or the first installed one; return (name, module)."""
+    for candidate in [name] if name else list(DRIVERS):
+        try:
+            return candidate, importlib.import_module(DRIVERS[candidate])
+        except ImportError:
+            continue
+    package = {"mysqldb": "mysqlclient"}.get(name or "", "PyMySQL")
+    extra = "" if name == "mysqldb" else " (pip install 'amphora_heartbeat[mysql]')"
+    raise ImportError(f"MySQLStore needs {package}{extra}")
+
+
+def connect_args(url: DatabaseURL, connect_timeout: float, timeout: float) -> dict[str, Any]:
+    """Return the driver's ``connect()`` arguments for ``url`` (both drivers take the same).
+
+    ``connect_timeout`` and ``timeout`` (each read and write) are in seconds; a
+    ``connect_timeout`` in the URL wins.  ``ssl_*`` options become the ``ssl``
+    mapping.  Raise :class:`ValueError` for a ``connect_timeout`` that is not a
+    whole number.
+    """
+    args: dict[str, Any] = {
+        "host": url.host or "localhost",
+        "user": url.username or "",
+        "password": url.password or "",
+        "database": url.database,
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "connect_timeout": max(1, round(connect_timeout)),
+        "read_timeout": max(1, round(timeout)),
+        "write_timeout": max(1, round(timeout)),
+    }
+    if url.port is not None:
+        args["port"] = url.port
+    ssl = {}
+    for key, value in url.options:
+        if key.startswith("ssl_"):
+            ssl[key[len("ssl_") :]] = value
+        elif key == "connect_timeout":
+            if not value.isdigit():
+                raise ValueError(f"connect_timeout in a MySQL URL is whole seconds, not {value!r}")
+            args[key] = int(value)
+        else:
+            args[key] = value
+    if ssl:
+        args["ssl"] = ssl
+    return args
+
+
+class MySQLStore(SQLStore):
+    """A store in a MySQL 8 or MariaDB ≥ 10.6 database (Galera included).
+
+    ``pip install 'amphora_heartbeat[mysql]'`` brings PyMySQL, the driver
+    Octavia's deployments use; mysqlclient works too (``mysql+mysqldb://``).
+    Several managers may share the database: failover candidates are claimed
+    with ``FOR UPDATE SKIP LOCKED``, so each stale amphora is failed over by
+    exactly one.  A transaction that loses a deadlock, a lock wait or a Galera
+    certification is run again; a lost connection is reopened at the next call;
+    every failure raises :class:`StoreError` with the operation undone.
+    """
+
+    _IDS = "IN ?"
+    #: How many times a transaction that lost a deadlock (or a Galera
+    #: certification, or a lock wait) is run again before giving up.
+    deadlock_retries = 3
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, timeout: float = 30.0) -> None:
+        """Parse ``url`` (``mysql[+pymysql|+mysqldb]://USER:PASSWORD@HOST:PORT/DB?...``).
+
+        Connect lazily.  ``connect_timeout`` and ``timeout`` (a read or write
+        that takes longer fails) are in seconds.  Raise :class:`ValueError` for
+        a URL that is not a MySQL one, :class:`ImportError` without the driver.
+        """
+        parsed = parse_url(url)
+        if parsed.engine != "mysql":
+            raise ValueError("MySQLStore takes a mysql:// URL")
+        self.driver, self._driver = _import_driver(parsed.driver)
+        self._args = connect_args(parsed, connect_timeout, timeout)
+        self._conn: Any = None
+
+    # --- engine hooks ------------------------------------------------------------------
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def _id_set(self, ids: Collection[str]) -> Any:
+        # The drivers render a tuple as a parenthesised list of quoted values.
+        return tuple(ids)
+
+    def _table_exists(self, cur: Any, table: str) -> bool:
+        cur.execute(
+            "SELECT 1 FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_name = %s",
+            (table,),
+        )
+        return cur.fetchone() is not None
+
+    def _ddl(self, table: str) -> tuple[str, ...]:
+        return MYSQL_DDL[table]
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            conn = self._driver.connect(**self._args)
+            try:
+                with conn.cursor() as cur:
+                    for statement in _SESSION:
+                        cur.execute(statement)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _failed(self, exc: Exception) -> StoreError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code == 0 or code >= _CLIENT_ERRORS or isinstance(exc, self._driver.InterfaceError):
+            self._drop()
+        return StoreError(f"MySQL: {exc}")
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        error = self._driver.Error
+        try:
+            conn = self._connection()
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+        except error as exc:
+            raise self._failed(exc) from exc
+        try:
+            yield cur
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except error:
+                self._drop()
+            if isinstance(exc, error):
+                raise self._failed(exc) from exc
+            raise
+        finally:
+            with contextlib.suppress(error):
+                cur.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        try:
+            with self._connection().cursor() as cur:
+                yield cur
+        except self._driver.Error as exc:
+            raise self._failed(exc) from exc
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` (one transaction), again after a deadlock or lock wait timeout."""
+        for attempt in range(self.deadlock_retries + 1):
+            try:
+                return operation()
+            except StoreError as exc:
+                cause = exc.__cause__
+                code = cause.args[0] if cause is not None and cause.args else None
+                if code not in _RETRIED or attempt == self.deadlock_retries:
+                    raise
+                log.info("MySQL transaction lost a deadlock or lock wait (%s); retrying", code)
+                time.sleep(random.uniform(0.001, 0.02))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- the statements that differ ----------------------------------------------------
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
+        # DATETIME keeps whole seconds: round up, so that the stored time is
+        # never earlier than the heartbeat and the silence measured from it is
+        # never longer than the real one (a failover may come up to 1 s late,
+        # never early).  The drivers send executemany() as one multi-row INSERT.
+        params = [(a, self._time(math.ceil(t)), False) for a, t in health]
+        cur.executemany(_HEALTH_UPSERT, params)
+        return len(params)
+
+    def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
+        for add, rows in stats_rows(upserts):
+            cur.executemany(_STATS_ADD if add else _STATS_REPLACE, rows)
+        return len(upserts)
+
+    def write_tick(self, write: TickWrite) -> int:
+        """Write one tick in one transaction (see :meth:`SQLStore.write_tick`).
+
+        A transaction that lost a deadlock, a lock wait or a Galera
+        certification is run again (a few times, after a short random pause);
+        it was rolled back, so nothing is written twice.
+        """
+        return self._retrying(lambda: super(MySQLStore, self).write_tick(write))
+
+    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
+        """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
+
+        As :meth:`SQLStore.claim_failovers`, in three statements of one
+        transaction: the candidates, their health rows locked (rows another
+        manager holds are skipped) and checked again, then marked busy.
+        """
+        if not amphora_ids:
+            return []
+        ids = tuple(sorted(amphora_ids))
+        return self._retrying(lambda: self._claim(ids, self._time(cutoff)))
+
+    def _claim(self, ids: tuple[str, ...], cutoff: Any) -> list[str]:
+        with self._transaction() as cur:
+            cur.execute(_CANDIDATES, (ids, cutoff))
+            candidates = tuple(sorted(row[0] for row in cur.fetchall()))
+            if not candidates:
+                return []
+            cur.execute(_LOCK_CANDIDATES, (candidates, cutoff))
+            claimed = [row[0] for row in cur.fetchall()]
+            if claimed:
+                cur.execute(_MARK_BUSY, (tuple(claimed),))
+            return sorted(claimed)
+
+    def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
+        """Mark the ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``.
+
+        Return how many were changed; retried as :meth:`write_tick` is.
+        """
+        return self._retrying(lambda: super(MySQLStore, self).stop_failovers(amphora_ids, now))
+
+    def finish_failover(self, amphora_id: str, *, succeeded: bool) -> None:
+        """Delete the amphora's health row (success) or clear its busy flag (failure).
+
+        Retried as :meth:`write_tick` is.
+        """
+        self._retrying(
+            lambda: super(MySQLStore, self).finish_failover(amphora_id, succeeded=succeeded)
+        )
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        self._drop()
+
+    def __repr__(self) -> str:
+        return f"MySQLStore(<url>, driver={self.driver!r})"
