@@ -1,4 +1,4 @@
-"""Tests of amphora_heartbeat.store, each on SQLite and on a real PostgreSQL server."""
+"""Tests of amphora_heartbeat.store, each on SQLite and on real PostgreSQL and MariaDB servers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from amphora_heartbeat.store import (
     OPERATING_STATUSES,
     PROVISIONING_STATUSES,
     TABLES,
+    MySQLStore,
     PostgresStore,
     SQLiteStore,
     StatsUpsert,
@@ -22,6 +23,7 @@ from amphora_heartbeat.store import (
     StoreError,
     TickWrite,
     open_store,
+    parse_url,
 )
 from amphora_heartbeat.testing import make_fleet
 
@@ -30,7 +32,7 @@ pg_dsn = _pg.pg_dsn
 db_url = _pg.db_url
 store = _pg.store
 
-AnyStore = SQLiteStore | PostgresStore
+AnyStore = SQLiteStore | PostgresStore | MySQLStore
 NOW = 1_800_000_000.0  # seconds since the epoch, 2027-01-15
 
 
@@ -428,26 +430,95 @@ def test_concurrent_tick_writes_on_postgresql_add_every_delta(pg_dsn: str) -> No
 # --- opening and failing -------------------------------------------------------------
 
 
-def test_open_store_reads_sqlite_and_postgresql_urls(tmp_path: Any) -> None:
-    """--db URLs: sqlite:///PATH, a bare path, postgresql://...; others are refused."""
-    s = open_store(f"sqlite:///{tmp_path}/x.db")
+def test_open_store_reads_sqlite_urls_relative_absolute_and_in_memory(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite:///x.db is relative, sqlite:////abs/x.db absolute, sqlite:///:memory: in memory."""
+    monkeypatch.chdir(tmp_path)
+    s = open_store("sqlite:///x.db")
     assert isinstance(s, SQLiteStore)
-    assert s.path == f"{tmp_path}/x.db"
+    assert s.path == "x.db"
+    s.create_schema()
     s.close()
-    s = open_store(str(tmp_path / "y.db"))
-    assert isinstance(s, SQLiteStore)
+    assert (tmp_path / "x.db").exists()
+    s = open_store(f"sqlite:///{tmp_path}/y.db")  # tmp_path is absolute: four slashes
+    assert s.path == f"{tmp_path}/y.db"
     s.close()
-    s = open_store("sqlite:///")
-    assert isinstance(s, SQLiteStore)
+    s = open_store("sqlite:///:memory:")
     assert s.path == ":memory:"
     s.close()
-    p = open_store("postgresql://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("health.db", "for a SQLite file write sqlite:///health.db"),
+        ("/var/lib/x.db", "write sqlite:////var/lib/x.db"),
+        ("sqlite:///", "sqlite:///PATH"),
+        ("sqlite://", "sqlite:///PATH"),
+        ("sqlite://host/x.db", "sqlite:///PATH"),
+        ("sqlite:///x.db?mode=ro", "without host or options"),
+        ("oracle://scott:tiger@127.0.0.1/orcl", "unsupported database URL scheme"),
+        ("mysql+asyncmy://u@127.0.0.1/octavia", "unsupported database URL scheme"),
+        ("mysql+pymysql://u@127.0.0.1/", "names one database"),
+        ("mysql+pymysql://u@127.0.0.1:99999/octavia", "port"),
+        ("mysql+pymysql://u@127.0.0.1/octavia?charset=utf8mb4&pool_size=5", "pool_size"),
+        ("postgresql://u@127.0.0.1/octavia?no_such_option=1", "no_such_option"),
+    ],
+)
+def test_open_store_refuses_other_urls_in_one_line(url: str, message: str) -> None:
+    """A plain path, sqlite:/// alone, other schemes, drivers and options: one-line ValueError."""
+    with pytest.raises(ValueError) as caught:
+        open_store(url)
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_refusals_name_the_supported_forms_and_never_the_password() -> None:
+    """The error for an unsupported URL lists every supported form, without its password."""
+    with pytest.raises(ValueError) as caught:
+        open_store("mssql+pyodbc://octavia:s3cret@127.0.0.1/octavia")
+    text = str(caught.value)
+    assert "s3cret" not in text
+    for form in ("sqlite:///", "postgresql[+psycopg2|+psycopg]://", "mysql[+pymysql|+mysqldb]://"):
+        assert form in text
+
+
+@pytest.mark.parametrize(
+    "scheme", ["postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"]
+)
+def test_open_store_reads_postgresql_urls_with_or_without_a_driver(scheme: str) -> None:
+    """postgresql://, postgresql+psycopg2:// and +psycopg:// all open a PostgresStore."""
+    p = open_store(f"{scheme}://octavia:s3cret@127.0.0.1:1/octavia?connect_timeout=1")
     assert isinstance(p, PostgresStore)
-    assert "nobody" not in repr(p)
-    with pytest.raises(ValueError, match="unsupported"):
-        open_store("mysql://x/y")
-    with pytest.raises(ValueError, match="sqlite:///PATH"):
-        open_store("sqlite://relative")
+    assert "s3cret" not in repr(p)
+    with pytest.raises(StoreError):  # connects to libpq's form of the URL: a closed port
+        p.ping()
+    p.close()
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql", "mariadb+pymysql"])
+def test_open_store_reads_mysql_urls_as_octavia_conf_has_them(scheme: str) -> None:
+    """mysql+pymysql://USER:PASS@HOST:PORT/DB?charset=utf8mb4 opens a MySQLStore, verbatim."""
+    s = open_store(f"{scheme}://octavia:s3cret@127.0.0.1:1/octavia?charset=utf8mb4")
+    assert isinstance(s, MySQLStore)
+    assert s.driver == "pymysql" or scheme == "mysql"
+    assert "s3cret" not in repr(s)
+    s.close()
+
+
+def test_parse_url_decodes_percent_encoded_credentials_and_keeps_options() -> None:
+    """Percent-encoded user, password and database decode; query options are kept in order."""
+    url = parse_url(
+        "mysql+pymysql://oct%40via:p%40ss%2Fw%3Ard@db.example:3307/oct%2Dtavia?charset=utf8"
+    )
+    assert (url.engine, url.driver) == ("mysql", "pymysql")
+    assert (url.username, url.password) == ("oct@via", "p@ss/w:rd")
+    assert (url.host, url.port, url.database) == ("db.example", 3307, "oct-tavia")
+    assert url.options == (("charset", "utf8"),)
+    assert "p@ss" not in repr(url)
+    assert parse_url("postgresql+psycopg2://u:p@h/db").libpq == "postgresql://u:p@h/db"
 
 
 def test_sqlite_store_in_a_missing_folder_raises_store_error(tmp_path: Any) -> None:
