@@ -10,6 +10,7 @@ on readiness with deadlines.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import select
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import _octavia_mysql
 import _pg
 import pytest
 
@@ -35,6 +37,7 @@ from amphora_heartbeat.models import Heartbeat, ListenerStats
 from amphora_heartbeat.rules import LoadBalancerView, derive
 from amphora_heartbeat.stats import fold
 from amphora_heartbeat.store import (
+    MySQLStore,
     PostgresStore,
     SQLiteStore,
     StoredView,
@@ -1075,3 +1078,145 @@ def test_heartbeats_dropped_from_a_full_backlog_hold_failovers(store: AnyStore) 
     _finish(m, T0 + 16)
     assert calls.calls == [fleet[1].amphora_id]
     m.close()
+
+
+# --- MariaDB: several managers, a server restart, Octavia's schema --------------------
+
+
+def _two_managers_fail_each_silent_amphora_over_once(
+    url: str, key_file: Path, tmp_path: Path
+) -> None:
+    """Run two manager processes on ``url``; check each silent amphora failed over once."""
+    s = open_store(url)
+    s.create_schema()
+    fleet = make_fleet(12, seed=70, listeners=1, pools=1, members=1)
+    s.add_fleet(fleet)
+    log = tmp_path / "failovers"
+    log.touch()
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+    command = shlex.join([sys.executable, "-c", script, str(log)])
+    options = ["--heartbeat-timeout", "1.5", "--health-check-interval", "0.1", "--tick", "0.05",
+               "--failover-command", command]  # fmt: skip
+    managers = [_start_manager(url, key_file, *options) for _ in range(2)]
+    silent = {a.amphora_id for a in fleet[:4]}
+    sent = 0
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+
+            def send_round(amphorae: Sequence[AmphoraSpec]) -> None:
+                nonlocal sent
+                for amp in amphorae:
+                    port = managers[sent % 2][1]  # each amphora alternates, as agents do
+                    sock.sendto(wrap_envelope(amp.message(seq=sent), KEY), ("127.0.0.1", port))
+                    sent += 1
+                time.sleep(0.1)
+
+            _wait(lambda: (send_round(fleet), len(s.read_health()) == 12)[1], what="all heard")
+            deadline = time.monotonic() + 60
+            while len(log.read_text().split()) < len(silent):
+                assert time.monotonic() < deadline, "silent amphorae were not failed over"
+                send_round(fleet[4:])
+            for _ in range(15):  # keep the live ones talking through more stale checks
+                send_round(fleet[4:])
+    finally:
+        counters = [_stop_manager(proc) for proc, _ in managers]
+    assert sorted(log.read_text().split()) == sorted(silent)  # each exactly once, no live one
+    assert sum(c["failovers_started"] for c in counters) == len(silent)
+    assert all(c["accepted"] > 0 for c in counters)
+    assert set(s.read_health()) == {a.amphora_id for a in fleet[4:]}
+    s.close()
+
+
+@pytest.mark.mysql
+def test_two_managers_sharing_mariadb_fail_each_silent_amphora_over_once(
+    mysql_url: str, key_file: Path, tmp_path: Path
+) -> None:
+    """Round robin halves to two managers on MariaDB: silent ones failed over once, live never."""
+    _two_managers_fail_each_silent_amphora_over_once(mysql_url, key_file, tmp_path)
+
+
+@pytest.mark.mysql
+def test_mariadb_stopped_and_started_again_fails_nothing_over(
+    mariadb_server: Any, mysql_url: str, getter: UDPStatusGetter
+) -> None:
+    """MariaDB goes away for longer than the timeout: the manager waits, then resumes."""
+    s = MySQLStore(mysql_url, connect_timeout=1)
+    s.create_schema()
+    fleet = make_fleet(4, seed=80, listeners=1, pools=1, members=1)
+    s.add_fleet(fleet)
+    calls = Failovers()
+    m = HealthManager(
+        getter, s, heartbeat_timeout=1.0, health_check_interval=0.1, tick=0.05, failover=calls
+    )
+    check = MySQLStore(mysql_url)
+    stop_sending = threading.Event()
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            seq = 0
+            while not stop_sending.is_set():
+                for amp in fleet:
+                    sock.sendto(wrap_envelope(amp.message(seq=seq), KEY), getter.address)
+                seq += 1
+                stop_sending.wait(0.1)
+
+    sender = threading.Thread(target=send)
+    runner = threading.Thread(target=m.run)
+    sender.start()
+    runner.start()
+    stopped = False
+    try:
+        _wait(lambda: len(check.read_health()) == 4, what="health rows")
+        time.sleep(1.2)  # past the start-up grace, so a failover could happen
+        check.close()
+        mariadb_server.ctl("stop")
+        stopped = True
+        down_at = time.time()
+        _wait(lambda: m.counters["store_errors"] > 0, what="a store error")
+        time.sleep(2.0)  # longer than heartbeat_timeout
+        mariadb_server.ctl("start")
+        stopped = False
+        _wait(
+            lambda: min(t for t, _ in check.read_health().values()) > down_at + 2.0,
+            what="writes resumed",
+        )
+        time.sleep(1.5)  # the pause after the error, and some more checks
+    finally:
+        if stopped:
+            mariadb_server.ctl("start")
+        stop_sending.set()
+        m.stop()
+        runner.join(30)
+        sender.join(10)
+    assert calls.calls == []
+    assert m.counters["failovers_started"] == 0
+    assert m.counters["store_errors"] > 0
+    m.close()
+    check.close()
+    s.close()
+
+
+octavia_mysql_url = _octavia_mysql.octavia_mysql_url
+
+
+@pytest.mark.mysql
+def test_a_tick_on_octavias_mariadb_schema_writes_what_derive_and_fold_predict(
+    octavia_mysql_url: str,
+) -> None:
+    """On tables made as Octavia's migrations make them, a tick ends as derive + fold predict."""
+    s = MySQLStore(octavia_mysql_url)
+    assert s.create_schema() == []
+    fleet = make_fleet(4, seed=13, members=3)
+    _octavia_mysql.add_octavia_fleet(octavia_mysql_url, fleet)
+    heartbeats = _random_heartbeats(fleet, 60, seed=3)
+    m = _manager(s)
+    for h in heartbeats:
+        m.submit(h)
+    report = m.step(T0 + 1)
+    assert (report.heartbeats, report.failed) == (60, False)
+    statuses, health, stats = _predict(fleet, heartbeats)
+    assert _statuses(s) == statuses
+    stored = {a: t for a, (t, _) in s.read_health().items()}
+    assert stored == {a: math.ceil(t) for a, t in health.items()}  # DATETIME: whole seconds
+    assert s.read_statistics() == stats
+    s.close()

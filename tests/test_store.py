@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 from typing import Any
 
@@ -468,16 +469,15 @@ def test_open_store_reads_sqlite_urls_relative_absolute_and_in_memory(
 )
 def test_open_store_refuses_other_urls_in_one_line(url: str, message: str) -> None:
     """A plain path, sqlite:/// alone, other schemes, drivers and options: one-line ValueError."""
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
         open_store(url)
     text = str(caught.value)
-    assert message in text
     assert "\n" not in text
 
 
 def test_refusals_name_the_supported_forms_and_never_the_password() -> None:
     """The error for an unsupported URL lists every supported form, without its password."""
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="expected one of") as caught:
         open_store("mssql+pyodbc://octavia:s3cret@127.0.0.1/octavia")
     text = str(caught.value)
     assert "s3cret" not in text
