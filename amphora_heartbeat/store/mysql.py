@@ -238,9 +238,6 @@ def connect_args(url: DatabaseURL, connect_timeout: float, timeout: float) -> di
     whole number.
     """
     args: dict[str, Any] = {
-        "host": url.host or "localhost",
-        "user": url.username or "",
-        "password": url.password or "",
         "database": url.database,
         "charset": "utf8mb4",
         "autocommit": True,
@@ -248,8 +245,16 @@ def connect_args(url: DatabaseURL, connect_timeout: float, timeout: float) -> di
         "read_timeout": max(1, round(timeout)),
         "write_timeout": max(1, round(timeout)),
     }
-    if url.port is not None:
-        args["port"] = url.port
+    # What the URL leaves out stays the driver's default, which an option file
+    # (read_default_file) may set.
+    for key, value in (
+        ("host", url.host),
+        ("port", url.port),
+        ("user", url.username),
+        ("password", url.password),
+    ):
+        if value is not None:
+            args[key] = value
     ssl = {}
     for key, value in url.options:
         if key.startswith("ssl_"):

@@ -129,7 +129,7 @@ def _mysql(url: str, driver: str | None) -> DatabaseURL:
     return DatabaseURL(
         "mysql",
         driver,
-        username=unquote(parts.username) if parts.username is not None else None,
+        username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
         host=parts.hostname,
         port=port,
