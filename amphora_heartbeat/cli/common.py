@@ -26,7 +26,7 @@ from ..options import (
     parse_keys,
     parse_seconds,
 )
-from ..store import PostgresStore, SQLiteStore, open_store
+from ..store import MySQLStore, PostgresStore, SQLiteStore, open_store
 
 __all__ = [
     "KEY_ENV",
@@ -183,7 +183,7 @@ def load_key(args: argparse.Namespace) -> KeyRing:
     return _parse_keys(text)
 
 
-def open_database(url: str) -> SQLiteStore | PostgresStore:
+def open_database(url: str) -> SQLiteStore | PostgresStore | MySQLStore:
     """Open the store ``url`` names; a URL it cannot take is a usage error.
 
     An unreachable database is the store's :class:`~amphora_heartbeat.store.StoreError`
