@@ -1,8 +1,8 @@
 """Tests of amphora_heartbeat.manager: ticks, failover, faults, end to end, command line.
 
-Every test that touches a database runs on SQLite and on a real PostgreSQL server
-(see tests/_pg.py); the ones about several managers or a server restart need
-PostgreSQL only.  Time is an argument (``step(now)``) wherever the test allows it;
+Every test that touches a database runs on SQLite and on real PostgreSQL and MariaDB
+servers (see tests/_pg.py); the ones about several managers or a server restart need
+a server engine.  Time is an argument (``step(now)``) wherever the test allows it;
 the end-to-end and process tests use short heartbeat timeouts (seconds) and wait
 on readiness with deadlines.
 """

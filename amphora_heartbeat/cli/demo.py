@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--db",
         type=database,
         metavar="URL",
-        help="database to write: sqlite:///PATH or postgresql://...; default a SQLite file "
+        help="database to write: sqlite:///PATH, postgresql://... or mysql+pymysql://...;"
+        " default a SQLite file "
         "in a temporary folder, removed at the end",
     )
 

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=database,
         required=True,
         metavar="URL",
-        help="sqlite:///PATH (sqlite:////abs/path) or postgresql://USER@HOST:PORT/DB",
+        help="database URL as octavia.conf's [database] connection writes it:"
+        " mysql+pymysql://USER:PASS@HOST/DB, postgresql://USER@HOST:PORT/DB or sqlite:///PATH",
     )
     add_options(parser, "bind")
     parser.add_argument(
