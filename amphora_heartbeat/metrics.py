@@ -66,6 +66,10 @@ class CountersCollector:
         self.prefix = prefix
         self.label = label
 
+    def describe(self) -> list[Any]:
+        """Return the families (read now), so a registry refuses names already taken."""
+        return list(self.collect())
+
     def collect(self) -> Iterator[Any]:
         """Yield one counter family per counter name (keyed ones labelled), read now."""
         family = self._family

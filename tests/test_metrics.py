@@ -280,11 +280,11 @@ def test_register_counters_exports_a_getters_and_a_senders_counters() -> None:
     registry = CollectorRegistry()
     with (
         UDPStatusGetter("k", "127.0.0.1", 0, timeout=5) as getter,
-        UDPStatusSender([getter.address], "k") as sender,
+        UDPStatusSender("k", [f"127.0.0.1:{getter.address[1]}"]) as sender,
     ):
         register_counters(getter, prefix="lb_heartbeat", registry=registry)
         register_counters(sender, prefix="lb_sender", registry=registry)
-        sender.send(make_fleet(1, seed=2)[0].message())
+        sender.dosend(make_fleet(1, seed=2)[0].message())
         getter.dorecv()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(b"x" * 40, getter.address)
@@ -374,7 +374,8 @@ def test_manager_metrics_option_bad_or_busy_address(
             address = f"127.0.0.1:{busy.getsockname()[1]}"
         done = subprocess.run(
             [sys.executable, "-m", "amphora_heartbeat", "manager", "--key", "k", "--db",
-             sqlite_url(tmp_path / "m.db"), "--bind", "127.0.0.1:0", "--metrics", address],
+             sqlite_url(tmp_path / "m.db"), "--bind", "127.0.0.1:0", "--metrics", address,
+             "--log-level", "WARNING"],
             capture_output=True, text=True, check=False, timeout=60,
         )  # fmt: skip
     assert done.returncode == status
