@@ -382,3 +382,21 @@ def test_manager_metrics_option_bad_or_busy_address(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"amphora-heartbeat manager: error: {message}")
+
+
+def test_manager_bind_in_use_is_exit_1_naming_the_address(tmp_path: Path) -> None:
+    """A --bind port already taken: one line naming it, exit status 1 (metrics or not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        bind = f"127.0.0.1:{busy.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "amphora_heartbeat", "manager", "--key", "k", "--db",
+             sqlite_url(tmp_path / "m.db"), "--bind", bind, "--metrics", "127.0.0.1:0",
+             "--log-level", "ERROR"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"amphora-heartbeat manager: error: cannot receive on {bind}: "
+        f"[Errno 98] cannot bind {bind}: Address already in use"
+    ]
