@@ -260,6 +260,23 @@ def test_delay_histogram_cumulative_counts_at_bucket_bounds() -> None:
     assert count == 6
     assert total == pytest.approx(100.7264)
     assert h.snapshot().since(DelayHistogram()).total == pytest.approx(100.7264)
+    other = DelayHistogram()
+    other.add(0.5, 2)
+    h.merge(other)
+    assert h.cumulative([1.0])[1:] == (8, pytest.approx(101.7264))
+
+
+def test_workers_counters_take_the_latest_commit_and_the_stale_count_not_their_sum() -> None:
+    """Summed over workers, a commit time and a stale count (one database) are the largest."""
+    from amphora_heartbeat.manager.supervisor import sum_counters
+
+    total = sum_counters(
+        [
+            {"last_commit_seconds": T0, "stale_amphorae": 3, "amphorae_heard": 2},
+            {"last_commit_seconds": T0 + 5, "stale_amphorae": 3, "amphorae_heard": 4},
+        ]
+    )
+    assert total == {"last_commit_seconds": T0 + 5, "stale_amphorae": 3, "amphorae_heard": 6}
 
 
 def test_received_bytes_counts_every_datagram_accepted_or_not() -> None:

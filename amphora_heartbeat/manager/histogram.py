@@ -76,6 +76,7 @@ class DelayHistogram:
             raise ValueError("only histograms of the same buckets merge")
         self._counts = [a + b for a, b in zip(self._counts, other._counts, strict=True)]
         self.count += other.count
+        self.total += other.total
         self.maximum = max(self.maximum, other.maximum)
 
     def since(self, earlier: DelayHistogram) -> DelayHistogram:
