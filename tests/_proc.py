@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -39,15 +40,24 @@ class Manager:
             argv += ["--metrics", "127.0.0.1:0"]
         environ = {**os.environ, "AMPHORA_HEARTBEAT_KEY": KEY, **(env or {})}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ,
+            start_new_session=True,  # its own process group: kill() takes its workers too
         )
         self._pending = b""
-        lines = [self._line() for _ in range(2 if metrics else 1)]
-        listening = next((x for x in lines if x.startswith("listening on 127.0.0.1:")), None)
-        if listening is None:
+        #: What it printed up to its ``listening on`` line (with --workers, the workers' too).
+        self.lines = [self._line()]
+        while self.lines[-1] and not self.lines[-1].startswith("listening on "):
+            self.lines.append(self._line())
+        listening = self.lines[-1]
+        if not listening.startswith("listening on 127.0.0.1:"):
             self.proc.kill()
-            raise AssertionError(f"manager did not start: {lines} {self.proc.communicate()[1]}")
+            raise AssertionError(f"did not start: {self.lines} {self.proc.communicate()[1]}")
         self.port = int(listening.rsplit(":", 1)[1])
+        lines = self.lines
         #: The metrics URL the manager printed, if asked for.
         self.metrics_url = next((x.split()[-1] for x in lines if x.startswith("metrics on")), "")
 
@@ -79,10 +89,10 @@ class Manager:
         return counters, err
 
     def kill(self) -> None:
-        """Kill it if it still runs (cleanup after a failed test)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+        """Kill it and its workers if they still run (cleanup after a failed test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate()
 
 
 def sqlite_url(path: Path) -> str:

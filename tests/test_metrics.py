@@ -417,3 +417,31 @@ def test_manager_bind_in_use_is_exit_1_naming_the_address(tmp_path: Path) -> Non
         f"amphora-heartbeat manager: error: cannot receive on {bind}: "
         f"[Errno 98] cannot bind {bind}: Address already in use"
     ]
+
+
+def test_with_workers_the_parent_serves_their_metrics_added_up(tmp_path: Path) -> None:
+    """--workers 2 --metrics: one endpoint, each worker's counts added up, workers counted."""
+    manager = Manager(sqlite_url(tmp_path / "m.db"), "--workers", "2", "--log-level", "ERROR",
+                      metrics=True)  # fmt: skip
+    try:
+        workers = [x.rsplit(maxsplit=1)[-1] for x in manager.lines if "] metrics on " in x]
+        assert len(workers) == 2
+        assert manager.metrics_url not in workers
+        sent = 40
+        for _ in range(sent):  # each from its own source port: spread over the workers
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"x" * 40, ("127.0.0.1", manager.port))
+        name = P + "heartbeats_rejected_total"
+        wait_for(
+            lambda: value(scrape(manager.metrics_url), name, reason="invalid_hmac") == sent,
+            "every rejection counted",
+        )
+        total = scrape(manager.metrics_url)
+        each = [value(scrape(url), name, reason="invalid_hmac") for url in workers]
+    finally:
+        counters, _ = manager.stop()
+    assert sum(each) == sent
+    assert value(total, P + "workers") == 2
+    assert value(total, P + "worker_restarts_total") == 0
+    assert value(total, P + "received_bytes_total") == sent * 40
+    assert counters["rejected.invalid_hmac"] == sent

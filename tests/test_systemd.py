@@ -23,7 +23,7 @@ from _net import DEADLINE
 from _proc import KEY, Manager, sqlite_url
 
 from amphora_heartbeat.envelope import wrap_envelope
-from amphora_heartbeat.manager.systemd import Notifier, status_line
+from amphora_heartbeat.manager.systemd import Notifier, WatchdogRelay, status_line
 from amphora_heartbeat.store import SQLiteStore
 from amphora_heartbeat.testing import make_fleet
 
@@ -231,6 +231,74 @@ def _wait_for_silence(sock: socket.socket, quiet: float) -> float:
             return time.monotonic() - last
         last = time.monotonic()
     raise AssertionError("the watchdog kept pinging while the tick loop was blocked")
+
+
+def test_watchdog_relay_pings_once_every_worker_has(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """The relay pings systemd only after each running worker pinged; other lines are dropped."""
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
+    with pytest.raises(ValueError, match="no watchdog"):
+        WatchdogRelay(notifier, set)
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    running = {11, 12}
+    relay = WatchdogRelay(notifier, lambda: running)
+    try:
+        env = relay.environ({"WATCHDOG_PID": "7", "PATH": "/bin"})
+        assert env == {"PATH": "/bin", "NOTIFY_SOCKET": relay.address, "WATCHDOG_USEC": "2000000"}
+        relay.handle(b"WATCHDOG=1", 11)
+        assert not relay.handle(b"WATCHDOG=1", 12)  # nothing before READY
+        notifier.readied = True
+        assert not relay.handle(b"READY=1", 11)
+        assert not relay.handle(b"WATCHDOG=1", 11)
+        assert not relay.handle(b"WATCHDOG=1", 11)
+        assert relay.handle(b"WATCHDOG=1", 12)
+        assert receive(sock) == "WATCHDOG=1"
+        running.discard(12)  # a dead worker is not waited for
+        assert relay.handle(b"WATCHDOG=1", 11)
+    finally:
+        relay.close()
+
+
+def test_workers_notify_through_the_parent_and_a_hung_worker_stops_the_watchdog(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """--workers 2: the parent says READY; pings stop while one worker's tick loop is blocked."""
+    sock, path = notify_socket
+    db = tmp_path / "m.db"
+    store = SQLiteStore(str(db))
+    store.create_schema()
+    fleet = make_fleet(1, seed=9)
+    store.add_fleet(fleet)
+    store.close()
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    manager = Manager(sqlite_url(db), "--workers", "2", "--tick", "0.01", env=env)
+    try:
+        ready = receive_until(sock, "READY=1")
+        assert ready == [f"READY=1\nSTATUS=2 workers listening on 127.0.0.1:{manager.port}"]
+        for _ in range(3):
+            receive_until(sock, "WATCHDOG=1")
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(wrap_envelope(fleet[0].message(), KEY), ("127.0.0.1", manager.port))
+        silence = _wait_for_silence(sock, quiet=1.0)
+        locker.execute("ROLLBACK")
+        locker.close()
+        later = receive_until(sock, "WATCHDOG=1")
+        manager.signal(signal.SIGHUP)
+        reload = [m for m in receive_until(sock, "READY=1") if m.startswith(("REL", "READY"))]
+        counters, _ = manager.stop()
+        stopping = receive_until(sock, "STOPPING=1")
+    finally:
+        manager.kill()
+    assert silence >= 1.0
+    assert reload[0].startswith("RELOADING=1")
+    assert reload[-1] == "READY=1"
+    # The workers' own READY and STATUS lines never reach systemd.
+    assert not any("heartbeats accepted" in m for m in [*later, *stopping])
+    assert counters["heartbeats_recorded"] == 1
 
 
 def test_sighup_without_systemd_no_longer_ends_the_manager(tmp_path: Path) -> None:

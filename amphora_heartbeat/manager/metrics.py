@@ -14,7 +14,8 @@ on the errors-and-counters page of the documentation.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
@@ -24,6 +25,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .histogram import DelayHistogram
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from .core import HealthManager
 
-__all__ = ["PREFIX", "ManagerCollector", "serve_metrics"]
+__all__ = ["PREFIX", "ManagerCollector", "WorkersCollector", "serve_collector", "serve_metrics"]
 
 #: The prefix of every metric name.
 PREFIX = "amphora_heartbeat"
@@ -188,10 +190,87 @@ def _keyed(counters: Mapping[str, float]) -> Iterator[Metric]:
     yield from families.values()
 
 
-def serve_metrics(
-    manager: HealthManager, host: str, port: int
+# Gauges of several workers that are not added up but taken at their largest.
+_WORKER_MAXIMA = frozenset(
+    _name(g)
+    for g in (
+        "last_commit_timestamp_seconds",
+        "tick_lag_seconds",
+        "tick_lag_max_seconds",
+        "amphorae_stale",
+    )
+)
+
+
+class WorkersCollector(Collector):
+    """Add up the metrics of several manager processes (``manager --workers N``).
+
+    Each scrape fetches every worker's ``/metrics`` over HTTP (the URLs in
+    :attr:`urls`, by worker) and sums each sample across workers: counters and
+    histogram buckets add up, and so do the backlog and known amphorae; the last
+    commit time, the lags and the stale count are the largest of any worker (one
+    database).  A worker that does not answer is left out of that scrape.  The
+    workers' ``process_*`` metrics are not merged.
+
+    :param urls: worker index to its metrics URL; the caller keeps it current.
+    :param supervisor: returns ``workers`` and ``worker_restarts`` (also exported).
+    :param timeout: seconds to wait for each worker.
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[int, str],
+        supervisor: Callable[[], Mapping[str, float]],
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self.urls = urls
+        self.supervisor = supervisor
+        self.timeout = timeout
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the workers' metric families, added up, and the supervisor's."""
+        merged: dict[str, Metric] = {}
+        values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        for url in list(dict(self.urls).values()):
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                    text = response.read().decode()
+            except (OSError, ValueError):
+                continue  # a worker restarting: its share is missing from this scrape
+            for family in text_string_to_metric_families(text):
+                if not family.name.startswith(PREFIX):
+                    continue
+                merged.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                    old = values.get(key)
+                    if old is None:
+                        values[key] = sample.value
+                    elif family.name in _WORKER_MAXIMA:
+                        values[key] = max(old, sample.value)
+                    else:
+                        values[key] = old + sample.value
+        for (family_name, sample_name, labels), value in values.items():
+            merged[family_name].add_sample(sample_name, dict(labels), value)
+        yield from merged.values()
+        counts = self.supervisor()
+        yield GaugeMetricFamily(
+            _name("workers"), "Manager worker processes.", value=counts.get("workers", 0)
+        )
+        yield CounterMetricFamily(
+            _name("worker_restarts"),
+            "Worker processes started again after they died.",
+            value=counts.get("worker_restarts", 0),
+        )
+
+
+def serve_collector(
+    collector: Collector, host: str, port: int
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``manager``'s metrics and the process's at ``http://host:port/metrics``.
+    """Serve ``collector``'s metrics and the process's at ``http://host:port/metrics``.
 
     Starts a daemon thread (``prometheus_client``'s own server) and returns it
     with its server; read the bound port from ``server.server_address`` (port 0
@@ -201,5 +280,17 @@ def serve_metrics(
     """
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    registry.register(ManagerCollector(manager))
+    registry.register(collector)
     return start_http_server(port, addr=host, registry=registry)
+
+
+def serve_metrics(
+    manager: HealthManager, host: str, port: int
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``manager``'s metrics and the process's at ``http://host:port/metrics``.
+
+    As :func:`serve_collector` with a :class:`ManagerCollector`.
+
+    :raises OSError: the address cannot be bound.
+    """
+    return serve_collector(ManagerCollector(manager), host, port)

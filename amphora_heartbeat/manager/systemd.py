@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["Notifier", "status_line"]
+__all__ = ["Notifier", "WatchdogRelay", "status_line"]
 
 #: Seconds between two ``STATUS=`` lines sent from :meth:`Notifier.tick`.
 STATUS_EVERY = 5.0
@@ -57,6 +60,8 @@ class Notifier:
         self.status_every = status_every
         self._next_watchdog = float("-inf")
         self._next_status = float("-inf")
+        #: Whether :meth:`ready` was sent (a relay forwards no ping before it).
+        self.readied = False
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +81,7 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """Send ``READY=1`` (once bound and the store answers), with a status line if given."""
+        self.readied = True
         return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def stopping(self) -> bool:
@@ -120,6 +126,78 @@ class Notifier:
         if self.status is not None and now >= self._next_status:
             self._next_status = now + self.status_every
             self.send_status(self.status())
+
+
+class WatchdogRelay:
+    """Stand between systemd and several worker processes for the watchdog.
+
+    The workers get :meth:`environ` (their ``NOTIFY_SOCKET`` is this relay, with the
+    watchdog interval systemd asked of the parent) and each pings ``WATCHDOG=1``
+    from its own tick loop.  The relay pings systemd once every worker in
+    ``pids()`` has pinged since its last ping, so one worker whose tick loop hangs
+    stops the pings and systemd restarts the service.  Other messages from the
+    workers (their ``READY=1``, ``STATUS=``) are dropped: the parent speaks for
+    them.  Linux only (it reads each sender's pid from ``SCM_CREDENTIALS``).
+
+    :param notifier: the parent's :class:`Notifier`, which must have a watchdog.
+    :param pids: returns the pids of the workers running now.
+    """
+
+    def __init__(self, notifier: Notifier, pids: Callable[[], set[int]]) -> None:
+        if notifier.watchdog_interval is None:
+            raise ValueError("the notifier has no watchdog to relay")
+        self.notifier = notifier
+        self.pids = pids
+        name = f"amphora-heartbeat-{os.getpid()}-{secrets.token_hex(6)}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind("\0" + name)
+        #: The workers' ``NOTIFY_SOCKET`` (abstract namespace).
+        self.address = "@" + name
+        self._seen: set[int] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="watchdog-relay")
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Return ``base`` with the workers' notify socket and watchdog interval set."""
+        env = {k: v for k, v in base.items() if k != "WATCHDOG_PID"}
+        env["NOTIFY_SOCKET"] = self.address
+        env["WATCHDOG_USEC"] = str(round(2e6 * self.notifier.watchdog_interval))  # type: ignore[operator]
+        return env
+
+    def start(self) -> None:
+        """Relay in a daemon thread until :meth:`close`."""
+        self._thread.start()
+
+    def handle(self, message: bytes, pid: int) -> bool:
+        """Note one worker's message; return whether systemd was pinged (never before READY)."""
+        if b"WATCHDOG=1" not in message.split(b"\n") or not self.notifier.readied:
+            return False
+        self._seen.add(pid)
+        if not self.pids() <= self._seen:
+            return False
+        self._seen.clear()
+        return self.notifier.watchdog()
+
+    def _serve(self) -> None:
+        size = socket.CMSG_SPACE(struct.calcsize("3i"))
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(4096, size)
+            except OSError:
+                return  # closed
+            if self._closed:
+                return
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    self.handle(data, struct.unpack("3i", payload[: struct.calcsize("3i")])[0])
+
+    def close(self) -> None:
+        """Stop relaying."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:
