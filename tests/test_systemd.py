@@ -157,6 +157,8 @@ def test_tick_sends_watchdog_and_status_when_due(notify_socket: tuple[socket.soc
         "WATCHDOG=1",  # 1.0 (0.61 was due)
         "STATUS=status 6",
     ]
+    notifier.tick(0.5)  # a clock stepped back: due at once, not in 0.7 s
+    assert receive(sock) == "WATCHDOG=1"
 
 
 def test_status_line_summarises_the_counters() -> None:

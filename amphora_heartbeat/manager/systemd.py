@@ -58,8 +58,8 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(env)
         self.status = status
         self.status_every = status_every
-        self._next_watchdog = float("-inf")
-        self._next_status = float("-inf")
+        self._last_watchdog = float("-inf")
+        self._last_status = float("-inf")
         #: Whether :meth:`ready` was sent (a relay forwards no ping before it).
         self.readied = False
 
@@ -113,18 +113,20 @@ class Notifier:
         self.notify("READY=1")
 
     def tick(self, now: float) -> None:
-        """Send ``WATCHDOG=1`` and ``STATUS=`` when due at ``now`` (seconds, any clock).
+        """Send ``WATCHDOG=1`` and ``STATUS=`` when due at ``now`` (seconds).
 
-        Call it from the loop systemd should watch, once per iteration.
+        Call it from the loop systemd should watch, once per iteration, with a
+        monotonic clock (a ``now`` earlier than the last one counts as due, so a
+        clock stepped back cannot hold the pings).
         """
         if self.address is None:
             return
         interval = self.watchdog_interval
-        if interval is not None and now >= self._next_watchdog:
-            self._next_watchdog = now + interval
+        if interval is not None and _due(now, self._last_watchdog, interval):
+            self._last_watchdog = now
             self.watchdog()
-        if self.status is not None and now >= self._next_status:
-            self._next_status = now + self.status_every
+        if self.status is not None and _due(now, self._last_status, self.status_every):
+            self._last_status = now
             self.send_status(self.status())
 
 
@@ -198,6 +200,10 @@ class WatchdogRelay:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def _due(now: float, last: float, every: float) -> bool:
+    return now >= last + every or now < last
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float | None:
