@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.manager import DelayHistogram, HealthManager
-from amphora_heartbeat.manager.metrics import ManagerCollector
+from amphora_heartbeat.manager.metrics import ManagerCollector, WorkersCollector
 from amphora_heartbeat.metrics import CountersCollector, register_counters
 from amphora_heartbeat.models import Heartbeat
 from amphora_heartbeat.sender import UDPStatusSender
@@ -445,3 +445,17 @@ def test_with_workers_the_parent_serves_their_metrics_added_up(tmp_path: Path) -
     assert value(total, P + "worker_restarts_total") == 0
     assert value(total, P + "received_bytes_total") == sent * 40
     assert counters["rejected.invalid_hmac"] == sent
+
+
+def test_workers_collector_leaves_out_a_worker_that_does_not_answer() -> None:
+    """A worker whose metrics port is closed is skipped; the supervisor's figures still show."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/metrics"  # bound, not listening
+        registry = CollectorRegistry()
+        registry.register(
+            WorkersCollector({0: url}, lambda: {"workers": 1, "worker_restarts": 3}, timeout=5)
+        )
+        samples, types = parse(generate_latest(registry).decode())
+    assert set(types) == {P + "workers", P + "worker_restarts"}
+    assert value(samples, P + "worker_restarts_total") == 3
