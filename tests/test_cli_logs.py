@@ -106,7 +106,17 @@ def _send_then_wait(path: Path, port: int, bad: list[bytes]) -> None:
 def test_json_logs_stay_within_the_rate_limit_under_a_flood(tmp_path: Path) -> None:
     """3,000 bad datagrams of two reasons: every line is JSON, and only a handful are logged."""
     path = tmp_path / "m.db"
-    manager = Manager(sqlite_url(path), "--log-format", "json", "--tick", "0.02")
+    manager = Manager(
+        sqlite_url(path),
+        "--log-format",
+        "json",
+        "--log-level",
+        "INFO",
+        "--tick",
+        "0.02",
+        "--status-interval",
+        "0.1",
+    )
     try:
         _send_then_wait(path, manager.port, [b"x" * 40, b"short"] * 1500)
     finally:
@@ -117,7 +127,8 @@ def test_json_logs_stay_within_the_rate_limit_under_a_flood(tmp_path: Path) -> N
     assert {"time", "level", "logger", "event", "message"} <= set(events[0])
     rejections = [e for e in events if e["logger"] == "amphora_heartbeat.getter"]
     assert 1 <= len(rejections) <= 12  # at most a few per reason per 10 s, and summaries
-    assert any(e["event"] == "create_schema" for e in events)  # INFO, the default level
+    assert any(e["event"] == "create_schema" for e in events)  # INFO, as asked
+    assert any(e["event"] == "status" for e in events)  # the status line, as JSON too
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

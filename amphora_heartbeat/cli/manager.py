@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         type=address,
         metavar="IP:PORT",
-        help="serve Prometheus metrics at http://IP:PORT/metrics (the metrics extra)",
+        help="serve Prometheus metrics at http://IP:PORT/metrics (the metrics extra); default none",
     )
     parser.add_argument(
         "--log-format",
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         choices=LEVELS,
-        default="INFO",
+        default="WARNING",
         help="least severe level logged; default %(default)s",
     )
 
