@@ -147,3 +147,18 @@ def test_log_level_warning_hides_info_lines(tmp_path: Path, fmt: str) -> None:
         assert json.loads(lines[0])["level"] == "WARNING"
     else:
         assert " WARNING amphora_heartbeat.getter: rejected heartbeat datagram" in lines[0]
+
+
+def test_with_workers_every_stderr_line_is_json_and_names_its_worker(tmp_path: Path) -> None:
+    """--workers 2 --log-format json: the parent passes each worker's record on with "worker"."""
+    path = tmp_path / "m.db"
+    manager = Manager(sqlite_url(path), "--workers", "2", "--log-format", "json", "--quiet")
+    try:
+        _send_then_wait(path, manager.port, [b"short"])
+    finally:
+        counters, err = manager.stop()
+    events = [json.loads(line) for line in err.splitlines()]
+    rejected = [e for e in events if e["logger"] == "amphora_heartbeat.getter"]
+    assert len(rejected) == 1
+    assert rejected[0]["worker"] in (0, 1)
+    assert counters["rejected.too_short"] == 1
