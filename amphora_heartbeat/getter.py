@@ -156,6 +156,7 @@ class UDPStatusGetter:
         # receiving thread closes them once its call returns.
         self._retired: list[socket.socket] = []
         self._receiving = False
+        self._received_bytes = 0
         self._accepted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._handler_errors = 0
@@ -292,6 +293,7 @@ class UDPStatusGetter:
         return self._handle(self._binding.unwrapper, data, srcaddr, now)
 
     def _handle(self, unwrapper: Unwrapper, data: bytes, srcaddr: Any, now: float) -> Heartbeat:
+        self._received_bytes += len(data)
         try:
             heartbeat = Heartbeat.from_dict(
                 unwrapper.unwrap(data), recv_time=now, limits=self._limits
@@ -409,11 +411,15 @@ class UDPStatusGetter:
         """A snapshot of the counters, cumulative across :meth:`update` and readable after close.
 
         ``received`` (every datagram: ``accepted`` plus every rejection),
-        ``accepted``, ``rejected.<reason>`` for each reason in
-        :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
+        ``received_bytes`` (their payload bytes), ``accepted``, ``rejected.<reason>``
+        for each reason in :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
         """
         rejected = dict(self._rejected)
-        counts = {"received": self._accepted + sum(rejected.values()), "accepted": self._accepted}
+        counts = {
+            "received": self._accepted + sum(rejected.values()),
+            "received_bytes": self._received_bytes,
+            "accepted": self._accepted,
+        }
         for reason, count in rejected.items():
             counts["rejected." + reason] = count
         counts["handler_errors"] = self._handler_errors

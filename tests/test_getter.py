@@ -403,6 +403,7 @@ def test_counters_cumulative_across_updates() -> None:
     assert getter.counters["accepted"] == 2
     assert set(getter.counters) == {
         "received",
+        "received_bytes",
         "accepted",
         "handler_errors",
         *(f"rejected.{r}" for r in REASONS),

@@ -48,17 +48,20 @@ from typing import Any
 import attrs
 
 from ..models import Heartbeat
-from ..store import Store, StoreError
+from ..store import Store, StoreError, TickWrite
 from ..tracker import decide
 from .backlog import Backlog, drain, receive_forever
 from .failover import Failover, FailoverRunner
 from .histogram import DelayHistogram
 from .judge import ViewCache, judge
-from .losses import LossWatch
+from .losses import GateHolds, LossWatch
 
 __all__ = ["HealthManager", "TickReport", "tune_gc"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
+
+# Counters with a key after the dot, shown once they happen.
+_KEYED = ("not_recorded.", "rows_written.")
 
 # The counters :attr:`HealthManager.counters` always shows, zero or not.
 _COUNTERS = (
@@ -77,6 +80,8 @@ _COUNTERS = (
     "failovers_held_back",
     "failovers_waiting",
     "failovers_held_overloaded",
+    "failovers_held_startup",
+    "failovers_held_paused",
     "stale_not_failed_over",
     "socket_drops",
     "overloads",
@@ -174,6 +179,12 @@ class HealthManager:
         self.paused_at: float | None = None
         #: Receive-to-commit delays of every committed heartbeat.
         self.delays = DelayHistogram()
+        #: Durations of committed ticks (read, judge, write), seconds.
+        self.tick_durations = DelayHistogram()
+        #: Called with the time at the end of each iteration of :meth:`run`'s loop
+        #: (a watchdog watches the loop that does the work, not a thread that exists).
+        self.observers: list[Callable[[float], object]] = []
+        self._heard: set[str] = set()
         self._counts: collections.Counter[str] = collections.Counter()
         self._gauges: dict[str, float] = {
             "tick_seconds": 0.0,
@@ -183,6 +194,7 @@ class HealthManager:
         self._backlog = Backlog(max_batch=max_batch, max_backlog=max_backlog)
         self._views = ViewCache()
         self._losses = LossWatch(heartbeat_timeout, self._counts)
+        self._holds = GateHolds(self._counts)
         self._failovers = FailoverRunner(failover, failover_threads, self._counts)
         self._retry_at = float("-inf")
         self._failures = 0
@@ -260,11 +272,16 @@ class HealthManager:
         except Exception:
             # A bug or data the rules refuse: retrying the same batch would fail
             # for ever, so it is dropped (counted), and the manager goes on.
-            log.exception("tick of %d heartbeats failed; dropping them", len(batch))
+            log.exception(
+                "tick of %d heartbeats failed; dropping them",
+                len(batch),
+                extra={"event": "tick_failed", "count": len(batch)},
+            )
             self._counts["tick_errors"] += 1
             self._backlog.drop(len(batch))
             return TickReport(len(batch), 0, lag, failed=True)
         self._committed(batch, judged.counts, rows, start, lag)
+        self._count_write(judged.write)
         return TickReport(len(batch), rows, lag)
 
     def _committed(
@@ -287,8 +304,17 @@ class HealthManager:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
         self._gauges["tick_seconds_total"] += committed - start
+        self._gauges["last_commit_seconds"] = committed
+        self.tick_durations.add(committed - start)
         self._gauges["lag_seconds"] = lag
         self._gauges["max_lag_seconds"] = max(self._gauges.get("max_lag_seconds", 0.0), lag)
+
+    def _count_write(self, write: TickWrite) -> None:
+        """Count the rows of a committed write by table, and the amphorae it recorded."""
+        counts = self._counts
+        for table, n in write.rows_by_table().items():
+            counts["rows_written." + table] += n
+        self._heard.update(write.health)
 
     def _store_failed(self, exc: StoreError, now: float) -> None:
         self._failures += 1
@@ -301,6 +327,7 @@ class HealthManager:
             exc,
             backoff,
             self.heartbeat_timeout,
+            extra={"event": "store_error", "error": str(exc)},
         )
 
     # --- failover ------------------------------------------------------------------
@@ -318,6 +345,7 @@ class HealthManager:
                 # counts: a slow database must not fail a live amphora over.
                 pending = self._backlog.pending_since(cutoff)
                 candidates = {a: s for a, s in candidates.items() if a not in pending}
+            self._gauges["stale_amphorae"] = len(candidates)
             self._judge_stale(candidates, now, cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
@@ -341,6 +369,8 @@ class HealthManager:
             held=held,
         )
         self._losses.count_held(order, decision.failover, now)
+        self._holds.count(order, now=now, timeout=self.heartbeat_timeout,
+                          started=self.started, paused_at=self.paused_at)  # fmt: skip
         if decision.stopped and not decision.failover and held != set(decision.stopped):
             self._stop_storm(decision.stopped)
         # Log each stale amphora once per silence (it may report and fall silent again).
@@ -356,6 +386,7 @@ class HealthManager:
                 "%d amphorae stale, at or over failover_threshold %s: failing over none",
                 len(stopped),
                 self.failover_threshold,
+                extra={"event": "failovers_held_back", "reason": "storm", "count": len(stopped)},
             )
 
     def _socket_fd(self) -> int | None:
@@ -395,6 +426,8 @@ class HealthManager:
             while not self._stopping:
                 began = self.clock()
                 self.step(began)
+                for observe in self.observers:
+                    observe(self.clock())
                 if not self._backlog.full_batch_waiting:
                     pause = max(self.tick - (self.clock() - began), 0.0)
                     select.select([self._wake_r], [], [], pause)
@@ -447,26 +480,34 @@ class HealthManager:
         ``ticks``, ``heartbeats_judged``, ``heartbeats_recorded``, ``rows_written``,
         ``unknown_amphora``,
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
+        ``rows_written.<table>``,
         ``dropped``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
         ``_held_back`` / ``_waiting`` / ``_held_overloaded`` (stale amphorae not
-        failed over because heartbeats were lost within ``heartbeat_timeout``),
+        failed over because heartbeats were lost within ``heartbeat_timeout``) /
+        ``_held_startup`` / ``_held_paused`` (in the start-up grace, or after a
+        store error),
         ``stale_not_failed_over``, ``socket_drops`` (datagrams the kernel dropped
         on the receive socket, Linux only), ``overloads`` (stale checks that found
         heartbeats lost); gauges
         ``tick_seconds`` and ``lag_seconds`` (last tick), ``tick_seconds_total`` (all
-        committed ticks), ``max_lag_seconds``,
-        ``backlog``, and the receive-to-commit delay ``delay_p99_seconds`` and
-        ``delay_max_seconds``.
+        committed ticks), ``max_lag_seconds``, ``backlog``, ``last_commit_seconds``
+        (seconds since the epoch, once a tick committed), ``stale_amphorae`` (at the
+        last stale check, once one ran), ``amphorae_heard`` (distinct amphorae
+        recorded since the start), and the receive-to-commit delay
+        ``delay_p99_seconds`` and ``delay_max_seconds``.
+        Safe to read from another thread.
         """
         out: dict[str, float] = {}
         if self.getter is not None:
             out.update(self.getter.counters)
-        counts = self._counts
+        # Copies first: a scrape reads this from another thread while ticks add keys.
+        counts = dict(self._counts)
         counts["dropped"] = self._backlog.dropped
-        out.update((name, counts[name]) for name in _COUNTERS)
-        out.update(sorted((k, v) for k, v in counts.items() if k.startswith("not_recorded.")))
-        out.update(self._gauges)
+        out.update((name, counts.get(name, 0)) for name in _COUNTERS)
+        out.update(sorted((k, v) for k, v in counts.items() if k.startswith(_KEYED)))
+        out.update(dict(self._gauges))
         out["backlog"] = self.backlog
+        out["amphorae_heard"] = len(self._heard)
         out["delay_p99_seconds"] = self.delays.quantile(0.99)
         out["delay_max_seconds"] = self.delays.maximum
         return out

@@ -86,7 +86,11 @@ class FailoverRunner:
                 self.threads, thread_name_prefix="amphora-failover"
             )
         for amphora_id in claimed:
-            log.warning("amphora %s is stale: failing it over", amphora_id)
+            log.warning(
+                "amphora %s is stale: failing it over",
+                amphora_id,
+                extra={"event": "failover_started", "amphora_id": amphora_id},
+            )
             self.counts["failovers_started"] += 1
             self.running.add(amphora_id)
             self._pool.submit(self._run, amphora_id)
@@ -100,6 +104,7 @@ class FailoverRunner:
                 "%d amphorae stale and no failover configured: %s",
                 len(fresh),
                 ", ".join(fresh[:10]) + (" ..." if len(fresh) > 10 else ""),
+                extra={"event": "stale_not_failed_over", "count": len(fresh)},
             )
 
     def _run(self, amphora_id: str) -> None:
@@ -108,10 +113,18 @@ class FailoverRunner:
         try:
             self.failover(amphora_id)
         except Exception:
-            log.exception("failover of amphora %s failed; it will be retried", amphora_id)
+            log.exception(
+                "failover of amphora %s failed; it will be retried",
+                amphora_id,
+                extra={"event": "failover_failed", "amphora_id": amphora_id},
+            )
             self._finished.append((amphora_id, False))
         else:
-            log.info("failover of amphora %s done", amphora_id)
+            log.info(
+                "failover of amphora %s done",
+                amphora_id,
+                extra={"event": "failover_succeeded", "amphora_id": amphora_id},
+            )
             self._finished.append((amphora_id, True))
 
     def apply_finished(self, store: Store) -> None:

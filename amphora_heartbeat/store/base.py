@@ -173,6 +173,18 @@ class TickWrite:
             + len(self.reallocated)
         )
 
+    def rows_by_table(self) -> dict[str, int]:
+        """Return the rows this write touches per table (their sum is ``len(self)``)."""
+        return {
+            "amphora_health": len(self.health),
+            "amphora": len(self.reallocated),
+            "load_balancer": len(self.load_balancers),
+            "listener": len(self.listeners),
+            "pool": len(self.pools),
+            "member": len(self.members),
+            "listener_statistics": len(self.stats),
+        }
+
 
 @runtime_checkable
 class Store(Protocol):
