@@ -349,18 +349,24 @@ def test_a_stale_amphora_is_failed_over_once_and_its_row_deleted(store: AnyStore
     m.close()
 
 
-def test_a_failed_failover_clears_busy_and_is_retried(store: AnyStore) -> None:
-    """A failover that raises is counted, its busy flag cleared, and it runs again."""
+def test_a_failed_failover_clears_busy_and_is_retried_after_heartbeat_timeout(
+    store: AnyStore,
+) -> None:
+    """A failover that raises is counted, its busy flag cleared; it runs again a timeout later."""
     ids, _ = _reporting(store, 1, 21, T0)
     calls = Failovers(fail=ids)
     m = _manager(store, heartbeat_timeout=10, health_check_interval=1, failover=calls)
     m.step(T0 + 11)
-    _finish(m, T0 + 11.5)
+    _finish(m, T0 + 11.5)  # the failure is recorded at T0 + 11.5
     assert store.read_health()[ids[0]][1] is False
     assert m.counters["failovers_failed"] == 1
     calls.fail.clear()
-    m.step(T0 + 12)
-    _finish(m, T0 + 12.5)
+    for t in (12, 15, 21.4):  # stale, not busy, but failed less than 10 s ago
+        m.step(T0 + t)
+        assert m.wait_failovers(5)
+        assert calls.calls == ids
+    m.step(T0 + 22.4)  # the next stale check, past T0 + 21.5
+    _finish(m, T0 + 23)
     assert calls.calls == ids * 2
     assert store.read_health() == {}
     m.close()
