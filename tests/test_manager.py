@@ -29,7 +29,7 @@ import _octavia_mysql
 import _pg
 import pytest
 
-from amphora_heartbeat.cli.manager import add_arguments
+from amphora_heartbeat.cli.manager import add_arguments, build_config
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.manager import DelayHistogram, FailoverCommand, HealthManager
@@ -646,13 +646,15 @@ def test_add_arguments_maps_octavia_option_names() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--db", "sqlite:///x.db"])
-    assert args.heartbeat_timeout == 60
-    assert args.health_check_interval == 3
-    assert args.heartbeat_interval == 10
-    assert args.failover_threshold is None
-    assert args.failover_threads == 10
-    assert args.bind == "127.0.0.1:5555"
+    args = parser.parse_args(["--db", "sqlite:///x.db", "--key", "k"])
+    config = build_config(args)
+    assert config.heartbeat_timeout == 60
+    assert config.health_check_interval == 3
+    assert config.heartbeat_interval == 10
+    assert config.failover_threshold is None
+    assert config.failover_threads == 10
+    assert (config.bind_ip, config.bind_port) == ("127.0.0.1", 5555)
+    assert config.connection == "sqlite:///x.db"
 
 
 def _stats_heartbeat(amp: AmphoraSpec, k: int) -> bytes:

@@ -56,7 +56,14 @@ __all__ = ["OPTIONS", "RESTART_FIELDS", "ManagerConfig", "load_config", "read_fi
 
 #: Fields a running manager cannot change: a reload that changes one logs that
 #: it needs a restart and keeps the running value.
-RESTART_FIELDS = ("bind_ip", "bind_port", "sock_rlimit", "connection")
+RESTART_FIELDS = (
+    "bind_ip",
+    "bind_port",
+    "sock_rlimit",
+    "connection",
+    "failover_command",
+    "failover_timeout",
+)
 
 
 def _check(name: str, ok: bool, what: str) -> None:
