@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.manager.config import ManagerConfig, load_config, read_files
 from amphora_heartbeat.options import OptionError
+from amphora_heartbeat.testing import build_message
 
 KOLLA = Path(__file__).parent / "data" / "octavia-kolla.conf"
 
@@ -241,3 +249,83 @@ def test_differences_lists_changed_fields() -> None:
     b = ManagerConfig(heartbeat_key="k", heartbeat_timeout=5)
     assert a.differences(b) == ["heartbeat_key", "heartbeat_timeout"]
     assert a.differences(a) == []
+
+
+# --- the command line, in processes --------------------------------------------------
+
+
+def _manager(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        ("[health_manager]\nheartbeat_key = k\n", [], "no database: --db URL, or [database]"),
+        ("[database]\nconnection = sqlite:///x.db\n", [], "no key: a key is needed"),
+        ("[health_manager]\nbind_port = many\n", ["--key", "k"], "[health_manager] bind_port:"),
+        (
+            "[amphora_heartbeat]\nfailover_command = failover {amphora}\n",
+            ["--key", "k", "--db", "sqlite:///x.db"],
+            "--failover-command: the failover command: unknown placeholder {amphora}",
+        ),
+        ("", ["--config-file", "/nonexistent/octavia.conf"], "cannot read the configuration"),
+        ("", ["--key", "k", "--db", "sqlite:///x.db", "--failover-threads", "0"], "at least 1"),
+    ],
+)
+def test_the_command_refuses_bad_configuration_with_exit_2(
+    tmp_path: Path, text: str, flags: list[str], expected: str
+) -> None:
+    """A missing key or database, a bad value or template: one line, exit status 2."""
+    path = _conf(tmp_path, text)
+    done = _manager("--config-file", str(path), *flags)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("amphora-heartbeat manager: error: ")
+    assert expected in lines[0]
+
+
+def test_flags_win_over_the_file_in_the_command(tmp_path: Path) -> None:
+    """--bind and --key given on the command line override octavia.conf's in a real run."""
+    db = tmp_path / "health.db"
+    path = _conf(
+        tmp_path,
+        f"[database]\nconnection = sqlite:///{db}\n"
+        "[health_manager]\nbind_ip = 192.0.2.11\nbind_port = 5555\nheartbeat_key = file-key\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--config-file", str(path),
+         "--bind", "127.0.0.1:0", "--key", "flag-key"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        assert line.startswith("listening on 127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(wrap_envelope(build_message(), "flag-key"), ("127.0.0.1", port))
+            sock.sendto(wrap_envelope(build_message(), "file-key"), ("127.0.0.1", port))
+            _read_until(proc, "rejected heartbeat datagram")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    counters = json.loads(out.strip().splitlines()[-1])
+    assert (counters["accepted"], counters["rejected.invalid_hmac"]) == (1, 1)
+
+
+def _read_until(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"stderr closed before {text!r}")

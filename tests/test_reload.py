@@ -1,4 +1,4 @@
-"""Tests of amphora_heartbeat.manager.reload: key rotation, reloads, and SIGHUP in a real process."""
+"""Tests of amphora_heartbeat.manager.reload: key rotation, reloads, SIGHUP in a real process."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def _write_conf(path: Path, key: str, db: str, record: Path, bind_port: int = 0)
         "heartbeat_timeout = 3\n"
         "health_check_interval = 0.5\n"
         "[amphora_heartbeat]\n"
-        f"failover_command = {sys.executable} -c \"{script}\" {{amphora_id}}\n",
+        f'failover_command = {sys.executable} -c "{script}" {{amphora_id}}\n',
         encoding="utf-8",
     )
 
@@ -205,7 +205,7 @@ class _Stderr(threading.Thread):
         deadline = time.monotonic() + timeout
         while not any(text in line for line in list(self.lines)):
             if time.monotonic() > deadline or not self.is_alive():
-                raise AssertionError(f"no {text!r} on stderr; alive {self.is_alive()}; got {self.lines}")
+                raise AssertionError(f"no {text!r} on stderr; got {self.lines}")
             time.sleep(0.02)
 
 
