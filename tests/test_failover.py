@@ -244,3 +244,52 @@ def test_reconfigure_refuses_bad_values(store: AnyStore) -> None:
             m.reconfigure(**{**good, **bad})  # type: ignore[arg-type]
     assert m.heartbeat_timeout == 60
     m.close()
+
+
+def test_more_failover_threads_take_effect_while_failovers_run(store: AnyStore) -> None:
+    """Raising failover_threads with one failover running lets more start; that one goes on."""
+    ids, _ = _stale_fleet(store, 3, 33)
+    gate = threading.Event()
+    running: list[str] = []
+
+    def failover(amphora_id: str) -> None:
+        running.append(amphora_id)
+        gate.wait(30)
+
+    m = HealthManager(None, store, heartbeat_timeout=10, health_check_interval=1, started=T0,
+                      failover=failover, failover_threads=1)  # fmt: skip
+    m.step(T0 + 11)
+    _wait(lambda: len(running) == 1)
+    m.reconfigure(
+        heartbeat_interval=10,
+        heartbeat_timeout=10,
+        health_check_interval=1,
+        failover_threshold=None,
+        failover_threads=3,
+    )
+    m.step(T0 + 12)
+    _wait(lambda: len(running) == 3)
+    gate.set()
+    assert m.wait_failovers(30)
+    m.step(T0 + 13)
+    assert sorted(running) == sorted(ids)
+    assert m.counters["failovers_succeeded"] == 3
+    m.close()
+
+
+def test_a_command_that_cannot_start_is_logged_without_output(
+    store: AnyStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A missing failover program is a failed failover, logged as one line with the error."""
+    _stale_fleet(store, 1, 34)
+    command = FailoverCommand(str(tmp_path / "no-such-program"))
+    m = HealthManager(None, store, heartbeat_timeout=10, started=T0, failover=command)
+    with caplog.at_level(logging.ERROR, logger="amphora_heartbeat.manager"):
+        m.step(T0 + 11)
+        assert m.wait_failovers(30)
+        m.step(T0 + 12)
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "No such file" in error.getMessage()
+    assert "output ends" not in error.getMessage()
+    assert m.counters["failovers_failed"] == 1
+    m.close()
