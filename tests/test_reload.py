@@ -302,6 +302,33 @@ def test_sighup_rotates_the_key_with_heartbeats_flowing_and_nothing_failed_over(
     s.close()
 
 
+def test_sighup_to_a_supervisor_reloads_every_worker(tmp_path: Path) -> None:
+    """With --workers 2 a SIGHUP to the parent makes each worker re-read the file."""
+    db = f"sqlite:///{tmp_path / 'health.db'}"
+    conf, record = tmp_path / "octavia.conf", tmp_path / "failed-over"
+    _write_conf(conf, "old-key", db, record)
+    env = {k: v for k, v in os.environ.items() if k != "AMPHORA_HEARTBEAT_KEY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--config-file", str(conf),
+         "--workers", "2", "--tick", "0.02"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    stderr = _Stderr(proc)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), stderr.lines
+        _write_conf(conf, "new-key", db, record)
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: sum("new heartbeat key" in x for x in list(stderr.lines)) == 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(30)
+    assert proc.returncode == 0, stderr.lines
+    assert json.loads(out.strip().splitlines()[-1])["workers"] == 2
+
+
 def _wait(condition: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
