@@ -135,18 +135,10 @@ class Reloader:
 
     def reload(self, now: float) -> bool:
         """Re-read the configuration and apply it at ``now``; return False if it was refused."""
-        try:
-            new = self._load()
-        except (ValueError, OSError) as exc:
-            self.failures += 1
-            log.error("reload refused, the running configuration stays: %s", exc)
+        new = self._read()
+        if new is None or new.heartbeat_key is None:
             return False
-        key = new.heartbeat_key
-        if key is None:
-            self.failures += 1
-            log.error("reload refused, the running configuration stays: no heartbeat_key")
-            return False
-        old = self.config
+        key, old = new.heartbeat_key, self.config
         changed = old.differences(new)
         for name in changed:
             if name in RESTART_FIELDS:
@@ -166,6 +158,20 @@ class Reloader:
         applied = [name for name in changed if name not in RESTART_FIELDS]
         log.info("configuration reloaded; applied: %s", ", ".join(applied) or "nothing changed")
         return True
+
+    def _read(self) -> ManagerConfig | None:
+        """Return the configuration loaded afresh, or None (logged, counted) if it is refused."""
+        try:
+            new = self._load()
+        except (ValueError, OSError) as exc:
+            reason = str(exc)
+        else:
+            if new.heartbeat_key is not None:
+                return new
+            reason = "no heartbeat_key"
+        self.failures += 1
+        log.error("reload refused, the running configuration stays: %s", reason)
+        return None
 
     def _apply_key(self) -> None:
         if self.getter is not None:
