@@ -278,7 +278,11 @@ def _manager(*args: str) -> subprocess.CompletedProcess[str]:
             "--failover-command: the failover command: unknown placeholder {amphora}",
         ),
         ("", ["--config-file", "/nonexistent/octavia.conf"], "cannot read the configuration"),
-        ("", ["--key", "k", "--db", "sqlite:///x.db", "--failover-threads", "0"], "at least 1"),
+        (
+            "[health_manager]\nfailover_threads = 0\n",
+            ["--key", "k", "--db", "sqlite:///x.db"],
+            "[health_manager] failover_threads: expected a whole number from 1",
+        ),
     ],
 )
 def test_the_command_refuses_bad_configuration_with_exit_2(

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="an octavia.conf to read ([health_manager], [database] connection, "
-        "[amphora_heartbeat]); repeat for several, later files win",
+        "[amphora_heartbeat]); repeat for several, later files win; default none",
     )
     add_options(parser, "key")
     parser.add_argument(
