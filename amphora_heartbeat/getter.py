@@ -343,7 +343,11 @@ class UDPStatusGetter:
                 if self._closed:
                     raise OSError(errno.EBADF, "the UDPStatusGetter is closed")
                 continue
-            return self._handle(binding.unwrapper, data, srcaddr, time.time()), srcaddr[0]
+            # A key-only update() while we waited keeps the socket: the datagram is
+            # judged with the key in force now, so a key just dropped is refused.
+            current = self._binding
+            unwrapper = current.unwrapper if current.sock is binding.sock else binding.unwrapper
+            return self._handle(unwrapper, data, srcaddr, time.time()), srcaddr[0]
 
     def check(self) -> Heartbeat | None:
         """Receive one heartbeat and hand it to :meth:`update_health` and :meth:`update_stats`.

@@ -273,6 +273,30 @@ def test_update_key_only_keeps_socket() -> None:
         assert getter.handle_datagram(datagram, ("127.0.0.1", 1), now=0.0).amphora_id
 
 
+def test_a_key_dropped_while_a_reader_waits_is_refused() -> None:
+    """A key-only update() during a blocked dorecv() applies to the datagram it returns."""
+    with UDPStatusGetter(["new", "old"], "127.0.0.1", 0, timeout=DEADLINE) as getter:
+        outcome: list[object] = []
+
+        def receive() -> None:
+            try:
+                outcome.append(getter.dorecv()[0])
+            except HeartbeatError as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        deadline = time.monotonic() + DEADLINE
+        while not getter._receiving and time.monotonic() < deadline:
+            time.sleep(0.001)
+        getter.update("new")  # the reader is waiting with the old ring
+        with UDPStatusSender("old", [format_address(getter.address)]) as sender:
+            sender.dosend(build_message())
+        reader.join(DEADLINE)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], InvalidHMACError)
+
+
 def test_update_to_busy_port_fails_and_keeps_serving() -> None:
     """A rebind that fails raises OSError naming ip:port; old socket and key keep serving."""
     with (

@@ -48,7 +48,7 @@ from typing import Any
 import attrs
 
 from ..models import Heartbeat
-from ..store import Store, StoreError, TickWrite
+from ..store import StaleAmphora, Store, StoreError, TickWrite
 from ..tracker import decide
 from .backlog import Backlog, drain, receive_forever
 from .failover import Failover, FailoverRunner
@@ -102,6 +102,20 @@ class TickReport:
     failed: bool = False
 
 
+def _check_timings(
+    heartbeat_timeout: float,
+    health_check_interval: float,
+    failover_threshold: int | None,
+    failover_threads: int,
+) -> None:
+    if heartbeat_timeout <= 0 or health_check_interval <= 0:
+        raise ValueError("heartbeat_timeout and health_check_interval must be positive")
+    if failover_threshold is not None and failover_threshold < 1:
+        raise ValueError("failover_threshold must be None or at least 1")
+    if failover_threads < 1:
+        raise ValueError("failover_threads must be at least 1")
+
+
 def tune_gc() -> None:
     """Make the cyclic garbage collector run less often, for a process that runs a manager.
 
@@ -131,7 +145,9 @@ class HealthManager:
         over none (storm guard: they are marked ``FAILOVER_STOPPED``); None: no guard.
     :param failover: called with an amphora id in a worker thread; returning means
         the failover is done (the amphora's ``amphora_health`` row is deleted),
-        raising means it failed (``busy`` is cleared, so it is retried).  None:
+        raising means it failed (``busy`` is cleared; this manager retries it
+        ``heartbeat_timeout`` seconds later).  One whose signature names
+        ``load_balancer_id`` gets the amphora's load balancer id too.  None:
         stale amphorae are logged and counted, nothing is marked busy.
     :param failover_threads: most failovers running at once.
     :param tick: seconds between ticks of :meth:`run`.
@@ -160,12 +176,13 @@ class HealthManager:
         started: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if heartbeat_timeout <= 0 or health_check_interval <= 0 or tick <= 0:
-            raise ValueError("heartbeat_timeout, health_check_interval and tick must be positive")
-        if failover_threshold is not None and failover_threshold < 1:
-            raise ValueError("failover_threshold must be None or at least 1")
-        if failover_threads < 1 or max_batch < 1 or max_backlog < 1:
-            raise ValueError("failover_threads, max_batch and max_backlog must be at least 1")
+        _check_timings(
+            heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
+        )
+        if tick <= 0:
+            raise ValueError("tick must be positive")
+        if max_batch < 1 or max_backlog < 1:
+            raise ValueError("max_batch and max_backlog must be at least 1")
         self.getter = getter
         self.store = store
         self.heartbeat_interval = heartbeat_interval
@@ -195,7 +212,9 @@ class HealthManager:
         self._views = ViewCache()
         self._losses = LossWatch(heartbeat_timeout, self._counts)
         self._holds = GateHolds(self._counts)
-        self._failovers = FailoverRunner(failover, failover_threads, self._counts)
+        self._failovers = FailoverRunner(
+            failover, failover_threads, self._counts, retry_after=heartbeat_timeout
+        )
         self._retry_at = float("-inf")
         self._failures = 0
         self._next_check: float | None = None
@@ -350,9 +369,11 @@ class HealthManager:
         except StoreError as exc:
             self._store_failed(exc, now)
 
-    def _judge_stale(self, candidates: Mapping[str, str], now: float, cutoff: float) -> None:
-        """Apply the failover policy to the stale ``candidates`` (amphora id to status)."""
-        held = {a for a, status in candidates.items() if status == "FAILOVER_STOPPED"}
+    def _judge_stale(
+        self, candidates: Mapping[str, StaleAmphora], now: float, cutoff: float
+    ) -> None:
+        """Apply the failover policy to the stale ``candidates`` (by amphora id)."""
+        held = {a for a, c in candidates.items() if c.status == "FAILOVER_STOPPED"}
         order = list(candidates)
         # Managers sharing a database each start somewhere else in the list.
         random.shuffle(order)
@@ -376,7 +397,10 @@ class HealthManager:
         # Log each stale amphora once per silence (it may report and fall silent again).
         self._failovers.keep_unhandled(decision.failover)
         if decision.failover:
-            self._failovers.start(self.store, decision.failover, cutoff)
+            lbs = {a: candidates[a].load_balancer_id for a in decision.failover}
+            self._failovers.start(
+                self.store, decision.failover, cutoff, now=now, load_balancers=lbs
+            )
 
     def _stop_storm(self, stopped: Sequence[str]) -> None:
         newly = self.store.stop_failovers(stopped, self.clock())
@@ -399,7 +423,7 @@ class HealthManager:
 
     def _apply_finished(self, now: float) -> None:
         try:
-            self._failovers.apply_finished(self.store)
+            self._failovers.apply_finished(self.store, now)
         except StoreError as exc:
             self._store_failed(exc, now)
 
@@ -407,11 +431,39 @@ class HealthManager:
         """Wait up to ``timeout`` seconds for running failovers to end; True if all did."""
         return self._failovers.wait(timeout)
 
+    def reconfigure(
+        self,
+        *,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        health_check_interval: float,
+        failover_threshold: int | None,
+        failover_threads: int,
+    ) -> None:
+        """Apply new timings and failover limits from the next tick on (a reload).
+
+        Failovers running go on; the next stale check runs at the next tick.
+        Call it from the thread that runs :meth:`step` (e.g. ``every_tick`` of :meth:`run`).
+        """
+        _check_timings(
+            heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
+        )
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.health_check_interval = health_check_interval
+        self.failover_threshold = failover_threshold
+        self._losses.heartbeat_timeout = heartbeat_timeout
+        self._failovers.retry_after = heartbeat_timeout
+        self._failovers.resize(failover_threads)
+        self._next_check = None
+
     # --- running -------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, *, every_tick: Callable[[float], object] | None = None) -> None:
         """Receive in a thread and tick every :attr:`tick` seconds until :meth:`stop`.
 
+        ``every_tick`` is called with the tick's time (seconds since the epoch)
+        before each tick, in this thread: where a reload applies its changes.
         Returns after the current tick is committed (or has failed).
         """
         if self.getter is not None:
@@ -425,12 +477,15 @@ class HealthManager:
         try:
             while not self._stopping:
                 began = self.clock()
+                if every_tick is not None:
+                    every_tick(began)
                 self.step(began)
                 for observe in self.observers:
                     observe(self.clock())
                 if not self._backlog.full_batch_waiting:
                     pause = max(self.tick - (self.clock() - began), 0.0)
-                    select.select([self._wake_r], [], [], pause)
+                    if select.select([self._wake_r], [], [], pause)[0]:
+                        self._drain_wake()
             # Commit what arrived before the stop.
             self.step(self.clock())
         finally:
@@ -443,15 +498,22 @@ class HealthManager:
             timeout = getattr(self.getter, "timeout", None)
             receiver.join(None if timeout is None else timeout + 1.0)
         self._stopping = False
+        self._drain_wake()
+
+    def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):
             while os.read(self._wake_r, 512):
                 pass
 
+    def wake(self) -> None:
+        """Make :meth:`run` start its next tick now; safe from any thread or signal handler."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
     def stop(self) -> None:
         """Ask :meth:`run` to return after its current tick; safe from any thread or signal."""
         self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self.wake()
 
     def close(self, *, wait: bool = True) -> None:
         """Shut the failover pool down (waiting for running failovers if ``wait``).
@@ -465,7 +527,7 @@ class HealthManager:
         self._failovers.close(wait=wait)
         if wait:
             with contextlib.suppress(StoreError):
-                self._failovers.apply_finished(self.store)
+                self._failovers.apply_finished(self.store, self.clock())
 
     @property
     def backlog(self) -> int:

@@ -18,7 +18,7 @@ A store object is not thread-safe: one thread (the manager's loop) uses it.
 
 from __future__ import annotations
 
-from .base import StatsUpsert, Store, StoredView, StoreError, TickWrite
+from .base import StaleAmphora, StatsUpsert, Store, StoredView, StoreError, TickWrite
 from .mysql import MySQLStore
 from .postgres import PostgresStore
 from .schema import (
@@ -41,6 +41,7 @@ __all__ = [
     "MySQLStore",
     "PostgresStore",
     "SQLiteStore",
+    "StaleAmphora",
     "StatsUpsert",
     "Store",
     "StoreError",

@@ -13,7 +13,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -29,6 +29,7 @@ __all__ = [
     "STATS_ADD",
     "STATS_REPLACE",
     "SQLStore",
+    "StaleAmphora",
     "StatsUpsert",
     "Store",
     "StoreError",
@@ -99,7 +100,7 @@ _ELIGIBLE = (
     " WHERE h.busy = false AND h.last_update < ?"
     " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
 )
-_STALE = "SELECT h.amphora_id, a.status " + _ELIGIBLE + " ORDER BY h.amphora_id"
+_STALE = "SELECT h.amphora_id, a.status, a.load_balancer_id " + _ELIGIBLE + " ORDER BY h.amphora_id"
 # {lock} is the engine's row-lock clause: with several managers each stale row
 # is claimed (marked busy) by exactly one of them.
 _CLAIM = (
@@ -128,6 +129,15 @@ class StoredView:
     udp_listeners_down: frozenset[str] = frozenset()
     #: The address heartbeats of this amphora come from (``lb_network_ip``), if known.
     lb_network_ip: str | None = None
+
+
+class StaleAmphora(NamedTuple):
+    """A failover candidate, as :meth:`Store.stale_amphorae` maps each amphora id."""
+
+    #: The amphora's ``status``: ``ALLOCATED`` or ``FAILOVER_STOPPED``.
+    status: str
+    #: The id of the amphora's load balancer (``amphora.load_balancer_id``).
+    load_balancer_id: str
 
 
 @attrs.frozen
@@ -202,8 +212,8 @@ class Store(Protocol):
         """Write one tick in one transaction; return the number of rows written."""
         ...
 
-    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
-        """Return eligible amphorae (to their status) not busy, last heard before ``cutoff``."""
+    def stale_amphorae(self, cutoff: float) -> dict[str, StaleAmphora]:
+        """Return eligible amphorae not busy, last heard before ``cutoff``, with their status."""
         ...
 
     def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
@@ -426,17 +436,17 @@ class SQLStore:
             cur.executemany(self._sql(STATS_ADD if add else STATS_REPLACE), rows)
         return len(upserts)
 
-    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
+    def stale_amphorae(self, cutoff: float) -> dict[str, StaleAmphora]:
         """Return the failover candidates at ``cutoff`` (seconds since the epoch).
 
         Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
         of a load balancer, not busy, whose ``last_update`` is before ``cutoff``;
-        mapped to their status, sorted by id.  Rows of other managers count too:
-        the database holds them all.
+        mapped to their status and load balancer, sorted by id.  Rows of other
+        managers count too: the database holds them all.
         """
         with self._reading() as cur:
             cur.execute(self._sql(_STALE), (self._time(cutoff),))
-            return {row[0]: row[1] for row in cur.fetchall()}
+            return {row[0]: StaleAmphora(row[1], row[2]) for row in cur.fetchall()}
 
     def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
         """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.

@@ -37,6 +37,13 @@ from amphora_heartbeat import (
 )
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED, Unwrapped
 from amphora_heartbeat.errors import REASONS, MalformedError
+from amphora_heartbeat.manager import (
+    FailoverCommand,
+    KeyRotation,
+    ManagerConfig,
+    load_config,
+    read_files,
+)
 from amphora_heartbeat.stats import fold
 from amphora_heartbeat.testing import (
     AmphoraSpec,
@@ -161,6 +168,18 @@ assert_type(tracker.stale(100.0), FailoverDecision)
 assert_type(tracker.stale(100.0).failover, tuple[str, ...])
 assert_type(tracker.next_deadline(), float | None)
 assert_type(SeqGuard().check("amp-1", 1), bool)
+
+config = load_config(["/etc/octavia/octavia.conf"], {"heartbeat_timeout": 30.0})
+assert_type(config, ManagerConfig)
+assert_type(config.failover_threshold, int | None)
+assert_type(config.differences(ManagerConfig()), list[str])
+assert_type(read_files(["octavia.conf"]), dict[str, Any])
+command = FailoverCommand("openstack loadbalancer amphora failover {amphora_id}", timeout=60)
+assert_type(command.argv_for("amp-1", "lb-1"), list[str])
+rotation = KeyRotation("old")
+rotation.rotate("new", now=1.0, keep_for=60.0)
+assert_type(rotation.expire(61.0), bool)
+assert_type(rotation.next_expiry, float | None)
 
 
 async def serve_briefly() -> None:
