@@ -250,9 +250,6 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, config, failover, metrics)
     except StoreError as exc:
         raise OSError(f"the database is unreachable: {exc}") from None
-    except OSError as exc:
-        address = format_address((config.bind_ip, config.bind_port))
-        raise OSError(f"cannot receive on {address}: {exc}") from None
 
 
 def _need_metrics_extra() -> None:
@@ -324,9 +321,10 @@ def _run(
             rcvbuf=config.sock_rlimit or None,
             reuse_port=args.reuse_port,
         )
-    except OSError:
+    except OSError as exc:
         store.close()
-        raise
+        address = format_address((config.bind_ip, config.bind_port))
+        raise OSError(f"cannot receive on {address}: {exc}") from None
     manager = _Reporting(
         getter,
         store,
