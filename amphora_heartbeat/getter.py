@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .envelope import DEFAULT_MAX_DECOMPRESSED, KeyRing, Unwrapper
 from .errors import REASONS, HeartbeatError
+from .logs import RateLimitedLogger
 from .models import Heartbeat, Limits
 
 __all__ = ["Handler", "UDPStatusGetter"]
@@ -37,8 +38,8 @@ Handler = Callable[[Heartbeat, str], object]
 #: Bytes read per datagram: more than the largest UDP payload, so nothing is cut.
 _RECV_SIZE = 65536
 
-# Rejection log rate limit: at most _LOG_BURST warnings per _LOG_WINDOW seconds,
-# then one summary line, so a flood of bad packets cannot flood the log.
+# Rejection log rate limit: at most _LOG_BURST warnings per reason per _LOG_WINDOW
+# seconds, then one line with the count, so a flood of bad packets cannot flood the log.
 _LOG_WINDOW = 10.0
 _LOG_BURST = 5
 
@@ -159,9 +160,10 @@ class UDPStatusGetter:
         self._accepted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._handler_errors = 0
-        self._log_window_end = float("-inf")
-        self._log_budget = _LOG_BURST
-        self._log_suppressed = 0
+        # Timed by the receive times passed in (seconds since the epoch), or the wall clock.
+        self._rate_limited = RateLimitedLogger(
+            logger, interval=_LOG_WINDOW, burst=_LOG_BURST, clock=time.time
+        )
         unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
         sock = _bind(ip, port, timeout, rcvbuf, reuse_port)
         self._binding = _Binding(sock, unwrapper, _address(sock))
@@ -378,31 +380,33 @@ class UDPStatusGetter:
             self._stats_handler(heartbeat, srcaddr)
 
     def _handler_error(self, where: str, heartbeat: Heartbeat) -> None:
+        # A handler that fails fails for every heartbeat: rate-limited, with its traceback.
         self._handler_errors += 1
-        logger.exception("%s failed for amphora %s", where, heartbeat.amphora_id)
+        self._rate_limited.error(
+            "handler_errors." + where,
+            "%s failed for amphora %s",
+            where,
+            heartbeat.amphora_id,
+            now=heartbeat.recv_time,
+            exc_info=True,
+        )
 
     def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
-        """Report a refused datagram: by default a WARNING, at most a few per 10 seconds.
+        """Report a refused datagram: by default a WARNING, at most 5 per reason per 10 seconds.
 
+        After the fifth, one line per reason says how many were left out.
         Override in a subclass to do something else with rejections (the
         counters are kept either way).  ``now`` is the receive time, in seconds.
         """
-        if now >= self._log_window_end:
-            if self._log_suppressed:
-                logger.warning(
-                    "%d more rejected heartbeat datagrams not logged", self._log_suppressed
-                )
-            self._log_window_end = now + _LOG_WINDOW
-            self._log_budget = _LOG_BURST
-            self._log_suppressed = 0
-        if self._log_budget > 0:
-            self._log_budget -= 1
-            # %r keeps control characters from a hostile packet out of the log line.
-            logger.warning(
-                "rejected heartbeat datagram from %s: %s: %r", srcaddr, error.reason, error.message
-            )
-        else:
-            self._log_suppressed += 1
+        # %r keeps control characters from a hostile packet out of the log line.
+        self._rate_limited.warning(
+            error.reason,
+            "rejected heartbeat datagram from %s: %s: %r",
+            srcaddr,
+            error.reason,
+            error.message,
+            now=now,
+        )
 
     @property
     def counters(self) -> Mapping[str, int]:
