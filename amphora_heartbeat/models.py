@@ -6,7 +6,12 @@ or 3), pools flattened and keyed by pool id, members always a mapping.
 :meth:`Heartbeat.to_dict` writes the tree back in its version's wire shape.
 
 Statuses are kept as the raw strings the amphora sent; any string is valid
-here, and :mod:`amphora_heartbeat.rules` decides what each one means.
+here, and :mod:`amphora_heartbeat.rules` decides what each one means.  Ids are
+not: an amphora, listener, pool or member id must be 1 to
+:attr:`Limits.max_id_length` (36) visible ASCII characters, ``!`` to ``~``, or
+the message is refused as ``bad_id``
+(:class:`~amphora_heartbeat.errors.BadIdError`), so that no id a database
+cannot hold, or a log line cannot show as it is, gets past parsing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from .errors import MalformedError
+from .errors import BadIdError, MalformedError
 
 __all__ = [
     "Heartbeat",
@@ -34,12 +39,15 @@ __all__ = [
 _MAX_COUNTER = (1 << 63) - 1
 _MAX_CONNS = (1 << 31) - 1
 # Both are all-ones masks (2**n - 1), which the fast path's single OR test relies on.
+# seq and ver are stored as BIGINT too.
 _MAX_SEQ = (1 << 63) - 1
 
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Bounds on one heartbeat's contents; a message beyond any is ``malformed``.
+    """Bounds on one heartbeat's contents; a message beyond any is refused.
+
+    Beyond a count it is ``malformed``; an id beyond its length is ``bad_id``.
 
     The defaults are far above what a real load balancer reports (Octavia puts
     no bound at all; its datagrams are at most 64 KiB compressed) and low enough
@@ -52,8 +60,10 @@ class Limits:
     max_pools: int = 2048
     #: Most members in one pool.
     max_members: int = 8192
-    #: Longest amphora, listener, pool or member id, and pool key, in characters.
-    max_id_length: int = 255
+    #: Longest amphora, listener, pool or member id, in characters (a pool key
+    #: ``"<pool_id>:<listener_id>"`` holds two).  Octavia's id columns are
+    #: ``VARCHAR(36)``, a UUID's text form: a longer id could never be stored.
+    max_id_length: int = 36
 
 
 _DEFAULT_LIMITS = Limits()
@@ -234,14 +244,19 @@ class Heartbeat:
         :param recv_time: when it was received (seconds since the epoch).
         :param limits: bounds on its contents.
         :raises MalformedError: a wrong type, a missing field or a value over a
-            limit, naming the path of what is wrong.
+            limit, naming the path of what is wrong;
+            :class:`~amphora_heartbeat.errors.BadIdError`, its subclass, for an id
+            no database could hold.  Nothing else, whatever ``d`` holds (of
+            Python's own types: huge integers, deep nesting, keys that are not
+            strings, values JSON cannot express).
         """
         if type(d) is dict and cls is Heartbeat:
             try:
                 heartbeat = _parse_fast(d, recv_time, limits)
-            except (KeyError, TypeError):
-                # A key current agents always send is missing, or a member
-                # status is new or not a string: the careful path judges.
+            except (KeyError, TypeError, BytesWarning):
+                # A key current agents always send is missing, a member status
+                # is new, or something is not the type it should be (a bytes key
+                # meets a str one only under ``python -bb``): the careful path judges.
                 heartbeat = None
             if heartbeat is not None:
                 return heartbeat
@@ -277,27 +292,104 @@ class Heartbeat:
 
 # --- parsing -------------------------------------------------------------------------
 # One explicit validation pass that builds the tree as it goes; no validators on
-# the classes, so a heartbeat costs only its object constructions.
+# the classes, so a heartbeat costs only its object constructions.  Whatever a
+# caller passes (values JSON cannot hold, huge integers, deep nesting, keys that
+# are not strings), only MalformedError comes out: every message below describes
+# a value with _show, never with its repr.
+
+
+def _show(value: Any) -> str:
+    """Describe a value briefly and safely: no whole repr of something huge or deep."""
+    kind = type(value)
+    if kind is int:
+        bits = value.bit_length()
+        return repr(value) if bits <= 64 else f"an integer of {bits} bits"
+    if kind is str:
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if value is None or kind is bool or kind is float:
+        return repr(value)
+    return f"a {kind.__name__}"
+
+
+def _key(key: Any) -> str:
+    """Return a key as a path segment: a string cut to 64 characters, else its type."""
+    return str.__getitem__(key, slice(64)) if isinstance(key, str) else f"<{type(key).__name__}>"
 
 
 def _count(value: Any, path: str, maximum: int) -> int:
     if type(value) is not int or value < 0 or value > maximum:
         raise MalformedError(
-            path, f"expected a non-negative integer up to {maximum}, got {value!r:.40}"
+            path, f"expected a non-negative integer up to {maximum}, got {_show(value)}"
         )
     return value
 
 
-def _check_id(value: str, path: str, limits: Limits) -> None:
-    if len(value) > limits.max_id_length:
-        raise MalformedError(path, f"id longer than {limits.max_id_length} characters")
-    if not value.isascii():
-        # JSON may spell a lone surrogate ("\\ud800"); such an id could never be
-        # encoded for a database or a log file, so refuse it here.
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MalformedError(path, "id is not valid Unicode text") from None
+# --- ids ---------------------------------------------------------------------------
+# An id is 1 to max_id_length visible ASCII characters, "!" to "~": what a UUID's
+# text form is made of (Octavia's ids are UUIDs in VARCHAR(36) columns), and
+# nothing a database refuses (PostgreSQL: U+0000; any UTF-8 column: lone
+# surrogates; MySQL's 3-byte utf8: characters beyond U+FFFF), nothing that forges
+# or garbles a log line (control characters, bidirectional overrides), and no
+# space (MySQL compares VARCHARs ignoring trailing spaces: "amp-1 " would name
+# amp-1's row).
+
+
+def _visible_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+def _bad_char(value: str) -> str:
+    for i, char in enumerate(value):
+        if not "!" <= char <= "~":
+            return f"U+{ord(char):04X} at {i}"
+    return "nothing"  # pragma: no cover - only called for ids that have one
+
+
+def _check_id(value: Any, path: str, limits: Limits, what: str = "id") -> str:
+    """Return ``value`` if it is a valid id, else raise naming ``path``."""
+    # A str subclass passes, as it does the fast path's set lookup.
+    if not isinstance(value, str):
+        raise MalformedError(path, f"expected an {what} string, got {_show(value)}")
+    maximum = limits.max_id_length
+    if not 0 < len(value) <= maximum:
+        raise BadIdError(path, f"{what} must be 1 to {maximum} characters, got {len(value)}")
+    if not _visible_ascii(value):
+        raise BadIdError(path, f"{what} must be visible ASCII (! to ~), got {_bad_char(value)}")
+    return value
+
+
+# Ids repeat: an amphora reports the same listener, pool and member ids in every
+# heartbeat.  Checking an id's characters costs about 5 ns a character, 2 us for
+# a standard heartbeat's 13 ids; the fast path remembers strings that passed
+# instead (a set lookup, whose hash a dict key already carries).  Bounded in
+# count and length (a pool key holds two ids: 73 characters), and emptied when
+# full, so hostile messages cost re-checks, never memory: at most about 6 MiB.
+_KNOWN_IDS_SIZE = 1 << 15
+_KNOWN_ID_LENGTH = 80
+_KNOWN_IDS: set[str] = set()
+
+
+def _remember_id(value: Any) -> bool:
+    """Return whether ``value`` is a non-empty visible-ASCII string; remember it if so."""
+    if type(value) is not str or not value or not _visible_ascii(value):
+        return False
+    if len(value) <= _KNOWN_ID_LENGTH:
+        if len(_KNOWN_IDS) >= _KNOWN_IDS_SIZE:
+            _KNOWN_IDS.clear()
+        _KNOWN_IDS.add(value)
+    return True
+
+
+def _split_pool_key(key: str, path: str, limits: Limits) -> tuple[str, str | None]:
+    """Return the pool id and listener id of a pool key, each checked as an id."""
+    pool_id, sep, suffix = key.rpartition(":")
+    if not sep:
+        pool_id = key
+    _check_id(pool_id, path, limits, "pool id")
+    if suffix and sep:
+        _check_id(suffix, path, limits, "listener id")
+        return pool_id, suffix
+    return pool_id, None
 
 
 def _stats(raw: Any, path: str) -> ListenerStats:
@@ -326,7 +418,7 @@ def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
         items = raw.items()
     elif type(raw) is list:
         # The list-of-one-key-objects form of Octavia's older documentation.
-        merged: dict[str, Any] = {}
+        merged: dict[Any, Any] = {}
         for i, item in enumerate(raw):
             if type(item) is not dict:
                 raise MalformedError(f"{path}[{i}]", "expected an object of member statuses")
@@ -340,38 +432,36 @@ def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
         raise MalformedError(path, f"more than {limits.max_members} members")
     parse = MemberStatus.parse
     members = {}
-    max_id = limits.max_id_length
     for mid, status in items:
+        member_path = f"{path}.{_key(mid)}"
+        _check_id(mid, member_path, limits, "member id")
         if type(status) is not str:
-            raise MalformedError(f"{path}.{mid:.64}", "expected a status string")
-        if len(mid) > max_id or not mid.isascii():
-            _check_id(mid, f"{path}.{mid:.64}", limits)
+            raise MalformedError(member_path, "expected a status string")
         members[mid] = parse(status)
     return members
 
 
-def _pool(key: str, raw: Any, listener_id: str | None, path: str, limits: Limits) -> PoolReport:
+def _pool(key: Any, raw: Any, listener_id: str | None, path: str, limits: Limits) -> PoolReport:
+    if not isinstance(key, str):
+        raise MalformedError(path, f"expected a pool key string, got {_show(key)}")
+    pool_id, suffix = _split_pool_key(key, path, limits)
     if type(raw) is not dict:
         raise MalformedError(path, "expected a pool object")
-    _check_id(key, path, limits)
     status = raw.get("status")
     if status is not None and type(status) is not str:
         raise MalformedError(path + ".status", "expected a status string")
     if "members" not in raw:
         raise MalformedError(path + ".members", "missing")
-    pool_id, sep, _ = key.rpartition(":")
-    if not sep:
-        pool_id = key
     return PoolReport(
         pool_id=pool_id,
-        listener_id=listener_id,
+        listener_id=suffix if listener_id is None else listener_id,
         status=status,
         members=_members(raw["members"], path + ".members", limits),
         key=key,
     )
 
 
-def _pools_object(raw: Any, path: str, limits: Limits) -> dict[str, Any]:
+def _pools_object(raw: Any, path: str, limits: Limits) -> dict[Any, Any]:
     if type(raw) is not dict:
         raise MalformedError(path, "expected an object of pools")
     if len(raw) > limits.max_pools:
@@ -383,9 +473,9 @@ def _parse(
     cls: type[Heartbeat], d: Mapping[str, Any], recv_time: float | None, limits: Limits
 ) -> Heartbeat:
     amphora_id = d.get("id")
-    if type(amphora_id) is not str or not amphora_id:
-        raise MalformedError("id", "expected a non-empty amphora id string")
-    _check_id(amphora_id, "id", limits)
+    if amphora_id is None:
+        raise MalformedError("id", "expected an amphora id string, got None")
+    amphora_id = _check_id(amphora_id, "id", limits, "amphora id")
     seq = _count(d.get("seq", 0), "seq", _MAX_SEQ)
     versioned = "ver" in d
     version = _count(d["ver"], "ver", _MAX_SEQ) if versioned else 0
@@ -401,10 +491,10 @@ def _parse(
     owned: dict[str, dict[str, PoolReport]] = {}
     total_pools = 0
     for lid, raw in raw_listeners.items():
-        path = "listeners." + lid[:64]
+        path = "listeners." + _key(lid)
+        _check_id(lid, path, limits, "listener id")
         if type(raw) is not dict:
             raise MalformedError(path, "expected a listener object")
-        _check_id(lid, path, limits)
         status = raw.get("status")
         if type(status) is not str:
             raise MalformedError(path + ".status", "expected a status string")
@@ -421,7 +511,7 @@ def _parse(
                 if total_pools > limits.max_pools:
                     raise MalformedError(path + ".pools", f"more than {limits.max_pools} pools")
                 for key, praw in raw_pools.items():
-                    pool = _pool(key, praw, lid, f"{path}.pools.{key:.80}", limits)
+                    pool = _pool(key, praw, lid, f"{path}.pools.{_key(key):.80}", limits)
                     own[pool.pool_id] = pool
                     pools[pool.pool_id] = pool
         listeners[lid] = ListenerReport(listener_id=lid, status=status, stats=stats, pools=own)
@@ -433,8 +523,7 @@ def _parse(
             )
         raw_pools = _pools_object(d["pools"], "pools", limits)
         for key, praw in raw_pools.items():
-            _, sep, suffix = key.rpartition(":")
-            pool = _pool(key, praw, suffix if sep and suffix else None, f"pools.{key:.80}", limits)
+            pool = _pool(key, praw, None, f"pools.{_key(key):.80}", limits)
             pools.pop(pool.pool_id, None)  # the last entry wins, at its own position
             pools[pool.pool_id] = pool
         for pool in pools.values():
@@ -453,8 +542,8 @@ def _parse(
 
 
 # --- the fast path -------------------------------------------------------------------
-# What current amphorae send (version 2 or later, members as an object, ASCII ids,
-# no pool id twice) is validated by _parse_fast in one tight pass that builds the
+# What current amphorae send (version 2 or later, members as an object, no pool
+# id twice) is validated by _parse_fast in one tight pass that builds the
 # tree as it goes, with no error paths prepared and objects made directly through
 # their slots (each class's own __init__ costs about a third more).  At the first
 # thing it does not expect it returns None (or a missing key or an uncached
@@ -480,7 +569,14 @@ _STATS_SET = _slot_setters(
 _LISTENER_SET = _slot_setters(ListenerReport, "listener_id", "status", "stats", "pools")
 _POOL_SET = _slot_setters(PoolReport, "pool_id", "listener_id", "status", "members", "key")
 _HEARTBEAT_SET = _slot_setters(
-    Heartbeat, "amphora_id", "seq", "version", "versioned", "listeners", "pools", "recv_time"
+    Heartbeat,
+    "amphora_id",
+    "seq",
+    "version",
+    "versioned",
+    "listeners",
+    "pools",
+    "recv_time",
 )
 
 
@@ -492,11 +588,14 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
     raw_listeners = d["listeners"]
     raw_pools = d["pools"]
     max_id = limits.max_id_length
+    # An id is checked by its length, then by one set lookup: a string in
+    # _KNOWN_IDS already passed the character rule (_remember_id checks the rest).
+    known = _KNOWN_IDS
+    remember = _remember_id
     if (
         type(amphora_id) is not str
-        or not amphora_id
         or len(amphora_id) > max_id
-        or not amphora_id.isascii()
+        or (amphora_id not in known and not remember(amphora_id))
         or type(seq) is not int
         or not 0 <= seq <= _MAX_SEQ
         or type(version) is not int
@@ -520,7 +619,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             type(status) is not str
             or type(counters) is not dict
             or len(lid) > max_id
-            or not lid.isascii()
+            or (lid not in known and not remember(lid))
         ):
             return None
         rx = counters["rx"]
@@ -557,6 +656,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
 
     set_pid, set_plid, set_pstatus, set_members, set_key = _POOL_SET
     max_members = limits.max_members
+    statuses = _MEMBER_CACHE
     pools: dict[str, PoolReport] = {}
     for key, raw in raw_pools.items():
         if type(raw) is not dict:
@@ -567,22 +667,28 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             (status is not None and type(status) is not str)
             or type(raw_members) is not dict
             or len(raw_members) > max_members
-            or len(key) > max_id
-            or not key.isascii()
+            or (key not in known and not remember(key))
         ):
             return None
-        members: dict[str, MemberStatus] = {}
-        for mid, raw_status in raw_members.items():
-            if len(mid) > max_id or not mid.isascii():
-                return None
-            # Only strings are cached: a status never seen (or not a string)
-            # is a KeyError or TypeError, and the careful path parses it.
-            members[mid] = _MEMBER_CACHE[raw_status]
+        # The key's characters are checked whole (":" is one of them); the
+        # lengths of the pool id and listener id in it, here.
         pool_id, sep, suffix = key.rpartition(":")
         if not sep:
             pool_id = key
-        if pool_id in pools:
-            return None  # the careful path keeps the last entry, at its position
+        if not pool_id or len(pool_id) > max_id or len(suffix) > max_id or pool_id in pools:
+            # A pool id twice: the careful path keeps the last entry, at its position.
+            return None
+        members: dict[str, MemberStatus] = {}
+        for mid, raw_status in raw_members.items():
+            if (
+                len(mid) > max_id
+                or (mid not in known and not remember(mid))
+                # Only strings are looked up: hashing a deep tuple could exhaust the stack.
+                or type(raw_status) is not str
+            ):
+                return None
+            # A status never seen is a KeyError, and the careful path parses it.
+            members[mid] = statuses[raw_status]
         listener_id = suffix if sep and suffix else None
         pool = _new(PoolReport)
         set_pid(pool, pool_id)
@@ -597,7 +703,15 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
                 own_pools[pool_id] = pool
 
     heartbeat = _new(Heartbeat)
-    set_id, set_seq, set_version, set_versioned, set_listeners, set_pools, set_recv = _HEARTBEAT_SET
+    (
+        set_id,
+        set_seq,
+        set_version,
+        set_versioned,
+        set_listeners,
+        set_pools,
+        set_recv,
+    ) = _HEARTBEAT_SET
     set_id(heartbeat, amphora_id)
     set_seq(heartbeat, seq)
     set_version(heartbeat, version)

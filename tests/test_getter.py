@@ -125,6 +125,7 @@ def _bad_packets(key: str) -> dict[str, bytes]:
         "not_json": signed(zlib.compress(b"{not json")),
         "not_object": signed(zlib.compress(b"[1, 2]")),
         "malformed": wrap_envelope({"seq": 1, "listeners": {}}, key),
+        "bad_id": wrap_envelope({"id": "amp\u0000", "listeners": {}}, key),
     }
 
 
@@ -143,9 +144,10 @@ def test_bad_packets_interleaved_with_good_all_counted(host: str) -> None:
                 sender.send_envelope(packet)
                 sent += 2
         got = drain(getter, sent)
-    assert sorted(h.seq for h in got) == sorted(r * 100 + i for r in range(3) for i in range(7))
+    kinds = len(bad)
+    assert sorted(h.seq for h in got) == sorted(r * 100 + i for r in range(3) for i in range(kinds))
     counters = getter.counters
-    assert counters["accepted"] == 21
+    assert counters["accepted"] == 3 * kinds
     for reason in REASONS:
         assert counters[f"rejected.{reason}"] == 3, reason
     assert counters["received"] == sent

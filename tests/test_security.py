@@ -366,9 +366,9 @@ def _listener(**stats: int) -> dict[str, object]:
 
 
 def test_default_limits() -> None:
-    """The documented defaults: 1024 listeners, 2048 pools, 8192 members, 255-char ids."""
+    """The documented defaults: 1024 listeners, 2048 pools, 8192 members, 36-char ids."""
     assert Limits() == Limits(
-        max_listeners=1024, max_pools=2048, max_members=8192, max_id_length=255
+        max_listeners=1024, max_pools=2048, max_members=8192, max_id_length=36
     )
 
 
@@ -518,6 +518,7 @@ def _bad_packets(secret: str) -> list[bytes]:
         _signed(zlib.compress(b"{not json"), secret),
         _signed(zlib.compress(b"[]"), secret),
         wrap_envelope({"id": 1, "listeners": {}}, secret),
+        wrap_envelope({"id": "amp\u0000", "listeners": {}}, secret),
     ]
 
 
