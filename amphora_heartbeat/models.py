@@ -39,7 +39,7 @@ __all__ = [
 _MAX_COUNTER = (1 << 63) - 1
 _MAX_CONNS = (1 << 31) - 1
 # Both are all-ones masks (2**n - 1), which the fast path's single OR test relies on.
-# seq and ver are stored as BIGINT too.
+# seq, ver and boot are stored as BIGINT too.
 _MAX_SEQ = (1 << 63) - 1
 
 
@@ -213,6 +213,13 @@ class Heartbeat:
     amphora_id: str
     #: Sequence number, counting from 0 at the agent's start.
     seq: int = 0
+    #: When the sending agent started, in whole seconds since the epoch: the
+    #: optional ``boot`` key that this library's sender adds, so that a replay
+    #: guard can tell a restart from a replay (see
+    #: :func:`~amphora_heartbeat.tracker.judge_replay`).  None when the message
+    #: has no ``boot``, as Octavia's own agents' messages never do; Octavia's
+    #: receiver ignores the key.
+    boot: int | None = None
     #: The message version (``ver``); 0 when the key is absent.
     version: int = 0
     #: Whether the message had a ``ver`` key at all (the pre-versioning rule needs it).
@@ -272,9 +279,12 @@ class Heartbeat:
         """Return the message in its own version's wire shape.
 
         Members come out as mappings and every listener carries all five
-        counters; ``recv_time`` is not part of the message.
+        counters; ``boot`` only when the message had it; ``recv_time`` is not
+        part of the message.
         """
         message: dict[str, Any] = {"id": self.amphora_id, "seq": self.seq}
+        if self.boot is not None:
+            message["boot"] = self.boot
         if self.versioned:
             message["ver"] = self.version
         nested = self.version < 2
@@ -477,6 +487,7 @@ def _parse(
         raise MalformedError("id", "expected an amphora id string, got None")
     amphora_id = _check_id(amphora_id, "id", limits, "amphora id")
     seq = _count(d.get("seq", 0), "seq", _MAX_SEQ)
+    boot = _count(d["boot"], "boot", _MAX_SEQ) if "boot" in d else None
     versioned = "ver" in d
     version = _count(d["ver"], "ver", _MAX_SEQ) if versioned else 0
     raw_listeners = d.get("listeners")
@@ -533,6 +544,7 @@ def _parse(
     return cls(
         amphora_id=amphora_id,
         seq=seq,
+        boot=boot,
         version=version,
         versioned=versioned,
         listeners=listeners,
@@ -572,18 +584,21 @@ _HEARTBEAT_SET = _slot_setters(
     Heartbeat,
     "amphora_id",
     "seq",
+    "boot",
     "version",
     "versioned",
     "listeners",
     "pools",
     "recv_time",
 )
+_NO_BOOT = object()
 
 
 def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
     # Subscripts rather than .get(): cheaper, and a KeyError ends the fast path.
     amphora_id = d["id"]
     seq = d.get("seq", 0)
+    boot = d.get("boot", _NO_BOOT)
     version = d["ver"]
     raw_listeners = d["listeners"]
     raw_pools = d["pools"]
@@ -592,6 +607,10 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
     # _KNOWN_IDS already passed the character rule (_remember_id checks the rest).
     known = _KNOWN_IDS
     remember = _remember_id
+    if boot is _NO_BOOT:
+        boot = None
+    elif type(boot) is not int or not 0 <= boot <= _MAX_SEQ:
+        return None
     if (
         type(amphora_id) is not str
         or len(amphora_id) > max_id
@@ -706,6 +725,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
     (
         set_id,
         set_seq,
+        set_boot,
         set_version,
         set_versioned,
         set_listeners,
@@ -714,6 +734,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
     ) = _HEARTBEAT_SET
     set_id(heartbeat, amphora_id)
     set_seq(heartbeat, seq)
+    set_boot(heartbeat, boot)
     set_version(heartbeat, version)
     set_versioned(heartbeat, True)
     set_listeners(heartbeat, listeners)

@@ -692,6 +692,52 @@ def test_max_id_length(put: Callable[[dict[str, Any], str], None], path: str) ->
     assert info.value.path.startswith(path)
 
 
+# --- boot: the optional key this library's sender adds ---------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3])
+def test_boot_is_parsed_and_written_back_in_every_version(version: int) -> None:
+    """boot parses to Heartbeat.boot and to_dict writes it back exactly; both paths agree."""
+    msg = dict(message(version), boot=1_700_000_000)
+    hb = Heartbeat.from_dict(msg)
+    assert hb.boot == 1_700_000_000
+    assert hb.to_dict() == msg
+    assert hb == _careful(msg)
+    assert hb != Heartbeat.from_dict(message(version))
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3])
+def test_absent_boot_stays_absent(version: int) -> None:
+    """Without boot (every Octavia message), Heartbeat.boot is None and to_dict adds none."""
+    hb = Heartbeat.from_dict(message(version))
+    assert hb.boot is None
+    assert "boot" not in hb.to_dict()
+
+
+def test_golden_vectors_have_no_boot(vectors: list[Any]) -> None:
+    """Octavia's own messages carry no boot."""
+    assert all(Heartbeat.from_dict(v.message).boot is None for v in vectors)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [-1, 1 << 63, 1.5, "1700000000", True, None, [1], 10**5000],
+    ids=["negative", "2**63", "float", "string", "bool", "null", "list", "5000-digits"],
+)
+def test_boot_that_is_not_a_storable_count_is_malformed(bad: Any) -> None:
+    """A boot that is not a non-negative BIGINT (null included) is malformed on both paths."""
+    msg = dict(message(3), boot=bad)
+    with pytest.raises(MalformedError) as info:
+        Heartbeat.from_dict(msg)
+    assert info.value.path == "boot"
+    assert info.value.reason == "malformed"
+
+
+def test_largest_boot_is_accepted() -> None:
+    """A boot of 2**63 - 1 fits its column and parses."""
+    assert Heartbeat.from_dict(dict(message(3), boot=(1 << 63) - 1)).boot == (1 << 63) - 1
+
+
 # --- to_dict and equality --------------------------------------------------------------
 
 

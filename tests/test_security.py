@@ -37,7 +37,7 @@ from amphora_heartbeat.manager import HealthManager
 from amphora_heartbeat.sender import UDPStatusSender
 from amphora_heartbeat.store import SQLiteStore
 from amphora_heartbeat.testing import build_message, make_fleet
-from amphora_heartbeat.tracker import SeqGuard
+from amphora_heartbeat.tracker import DEFAULT_SEQ_WINDOW, SeqGuard
 
 KEY = "fleet-key"
 MESSAGE = {"id": "amp-1", "seq": 3, "ver": 3, "listeners": {}, "pools": {}}
@@ -178,42 +178,75 @@ def test_seq_is_signed() -> None:
         unwrap_envelope(forged, KEY)
 
 
-def test_seq_guard_catches_older_and_repeated_heartbeats() -> None:
-    """The replay guard flags a repeated seq and an older one while the agent runs on."""
-    guard = SeqGuard()
+def test_seq_guard_catches_duplicates_and_recent_replays() -> None:
+    """Without boot: the same seq again, or one less than the window below, is refused."""
+    guard = SeqGuard(window=3)
     assert guard.check("amp-1", 100)
     assert guard.check("amp-1", 101)
-    assert not guard.check("amp-1", 101)
-    assert not guard.check("amp-1", 57)
-    assert guard.check("amp-2", 57)  # per amphora
+    assert not guard.check("amp-1", 101)  # the same datagram delivered twice
+    assert not guard.check("amp-1", 99)  # a recent heartbeat replayed
+    assert guard.check("amp-2", 99)  # per amphora
+    assert SeqGuard().window == DEFAULT_SEQ_WINDOW == 3
 
 
-def test_seq_guard_misses_replays_across_a_restart() -> None:
-    """After a restart (seq back to 0), pre-restart captures with higher seqs pass."""
-    guard = SeqGuard()
+def test_seq_guard_without_boot_takes_older_replays_for_restarts() -> None:
+    """Without boot: a capture window or more below passes as a restart, as do pre-restart ones."""
+    guard = SeqGuard(window=3)
     assert guard.check("amp-1", 500)
-    assert guard.check("amp-1", 0)  # the agent restarted
-    assert guard.check("amp-1", 90)  # a capture from before the restart
-    assert not guard.check("amp-1", 90)
+    assert guard.check("amp-1", 90)  # a replay from long ago: cannot be told from a restart
+    assert guard.check("amp-1", 0)  # a real restart: passes too
+    assert guard.check("amp-1", 91)  # a pre-restart capture now looks newer: passes
 
 
-def test_seq_guard_misses_an_early_capture_once() -> None:
-    """A captured seq below restart_below looks like a restart: it passes and rolls back."""
-    guard = SeqGuard(restart_below=16)
-    assert guard.check("amp-1", 200)
-    assert guard.check("amp-1", 15)  # replayed early heartbeat, taken for a restart
-    assert not guard.check("amp-1", 15)
-    assert guard.check("amp-1", 120)  # rolled back: an older capture now passes too
-    assert SeqGuard().restart_below == 16
+def test_seq_guard_without_boot_delays_an_early_restart() -> None:
+    """Without boot: an agent restarting before its window-th heartbeat waits to pass the newest."""
+    guard = SeqGuard(window=3)
+    assert guard.check("amp-1", 1)
+    assert not guard.check("amp-1", 0)  # restarted: its first heartbeats are refused...
+    assert not guard.check("amp-1", 1)
+    assert guard.check("amp-1", 2)  # ...until its seq passes the newest seen
 
 
-def test_seq_guard_never_flags_gaps() -> None:
+def test_boot_closes_replays_across_restarts() -> None:
+    """With boot: every replay is refused, whatever its seq, before or after a restart."""
+    guard = SeqGuard(window=3)
+    first, second = 1_700_000_000, 1_700_000_600
+    assert guard.check("amp-1", 500, first)
+    assert not guard.check("amp-1", 90, first)  # far below, same boot: a replay, not a restart
+    assert guard.check("amp-1", 0, second)  # a later boot: the agent restarted
+    assert not guard.check("amp-1", 501, first)  # a pre-restart capture, even with a higher seq
+    assert not guard.check("amp-1", 0, second)
+    assert not guard.check("amp-1", 502)  # a capture without boot after boots were seen
+    assert guard.check("amp-1", 1, second)
+
+
+def test_a_forged_later_boot_locks_the_real_agent_out() -> None:
+    """The documented limit: a key holder's later boot makes the real agent's heartbeats refused."""
+    guard = SeqGuard()
+    assert guard.check("amp-1", 10, 1_700_000_000)
+    assert guard.check("amp-1", 0, 4_000_000_000)  # forged by a key holder
+    assert not guard.check("amp-1", 11, 1_700_000_000)  # the real agent, from now on
+
+
+def test_seq_guard_never_refuses_gaps() -> None:
     """With N controllers each sees every N-th seq: gaps are normal and pass."""
     guard = SeqGuard()
     assert all(guard.check("amp-1", seq) for seq in range(0, 300, 3))
-    assert len(guard) == 1
+    assert all(guard.check("amp-2", seq, 7) for seq in range(0, 300, 3))
+    assert len(guard) == 2
     guard.forget("amp-1")
-    assert len(guard) == 0
+    assert len(guard) == 1
+
+
+def test_a_library_sender_stamps_boot_and_octavias_message_shape_still_parses() -> None:
+    """next_heartbeat adds boot; the message is Octavia's plus one key a receiver may ignore."""
+    with UDPStatusSender(KEY, ["127.0.0.1:9"], boot=1_700_000_000) as sender:
+        stamped = sender.next_heartbeat(build_message())
+    assert stamped["boot"] == 1_700_000_000
+    assert set(stamped) - set(build_message()) == {"boot"}
+    heartbeat = Heartbeat.from_dict(unwrap_envelope(wrap_envelope(stamped, KEY), KEY))
+    assert heartbeat.boot == 1_700_000_000
+    assert heartbeat.to_dict() == stamped
 
 
 # --- key handling --------------------------------------------------------------------
