@@ -48,8 +48,11 @@ _G = TypeVar("_G", bound="UDPStatusGetter")
 
 
 class _Binding(NamedTuple):
-    # Key and socket change together: a receiving thread reads this pair once
-    # per datagram, so it never judges a packet with the other socket's key.
+    # Socket, address and key ring change together, in one assignment.  A
+    # datagram is judged with the key ring of the socket it came from as that
+    # stands when the datagram is processed: the current ring for the current
+    # socket (so a key rotated while a thread waited in recvfrom applies to what
+    # it then reads), and for a socket update() replaced, the ring it had then.
     sock: socket.socket
     unwrapper: Unwrapper
     address: tuple[str, int]
@@ -197,8 +200,11 @@ class UDPStatusGetter:
         current key.  When ip:port resolves to the current address only the key
         changes (port 0 always rebinds).  Otherwise the new socket is bound
         first, then key and socket are swapped together, datagrams still queued
-        on the old socket are kept for the next :meth:`dorecv` calls, and the old
-        socket is closed.  :meth:`fileno` changes when the socket does.
+        on the old socket are kept for the next :meth:`dorecv` calls (judged with
+        the old socket's key), and the old socket is closed.  :meth:`fileno`
+        changes when the socket does.  A datagram read from the current socket is
+        judged with the key in force once ``recvfrom`` returns, even if a thread
+        was already waiting for it when the key changed.
 
         The new socket is bound while the old one still holds its address, so
         moving to another address on the same port fails (``EADDRINUSE``) where the
@@ -343,7 +349,11 @@ class UDPStatusGetter:
                 if self._closed:
                     raise OSError(errno.EBADF, "the UDPStatusGetter is closed")
                 continue
-            return self._handle(binding.unwrapper, data, srcaddr, time.time()), srcaddr[0]
+            # Read the key ring now, not with the socket before recvfrom: update()
+            # may have rotated the key meanwhile.
+            current = self._binding
+            unwrapper = current.unwrapper if current.sock is binding.sock else binding.unwrapper
+            return self._handle(unwrapper, data, srcaddr, time.time()), srcaddr[0]
 
     def check(self) -> Heartbeat | None:
         """Receive one heartbeat and hand it to :meth:`update_health` and :meth:`update_stats`.

@@ -288,6 +288,55 @@ def test_key_ring_rotation_loses_no_heartbeat(host: str) -> None:
     assert getter.counters["accepted"] == 41
 
 
+def _in_syscall_on(thread: threading.Thread, fd: int) -> bool | None:
+    """Return whether ``thread`` is blocked in a system call on ``fd``; None if unknowable.
+
+    Linux shows a blocked thread's system call and its arguments in
+    /proc/self/task/<tid>/syscall ("<number> <arg0> ..."; "running" otherwise):
+    a readiness signal that needs no sleep.
+    """
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall", encoding="ascii") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    return len(fields) > 1 and fields[0].isdigit() and int(fields[1], 16) == fd
+
+
+def test_a_key_rotated_while_dorecv_waits_judges_the_next_datagram() -> None:
+    """A thread already blocked in dorecv() judges the datagram with the key ring in force then."""
+    getter = UDPStatusGetter("k0", "127.0.0.1", 0, timeout=None)
+    outcome: list[object] = []
+
+    def receive() -> None:
+        try:
+            outcome.append(getter.dorecv()[0])
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=receive)
+    try:
+        thread.start()
+        fd = getter.fileno()
+        if _in_syscall_on(threading.current_thread(), -1) is None:
+            pytest.skip("this system does not show a thread's system call in /proc")
+        wait_for(lambda: bool(_in_syscall_on(thread, fd)), "dorecv to block in recvfrom")
+        getter.update(["k1", "k0"])  # key only: the same socket, no wake-up
+        assert getter.fileno() == fd
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(build_message(seq=42), "k1"), getter.address)
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+    finally:
+        getter.close()
+        thread.join(DEADLINE)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Heartbeat), outcome[0]
+    assert outcome[0].seq == 42
+    assert getter.counters["accepted"] == 1
+    assert getter.counters["rejected.invalid_hmac"] == 0
+
+
 def test_update_key_only_keeps_socket() -> None:
     """update() to the current address changes only the key; the socket stays."""
     with UDPStatusGetter("k1", "127.0.0.1", 0) as getter:
