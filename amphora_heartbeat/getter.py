@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import threading
@@ -28,7 +29,7 @@ from .errors import REASONS, HeartbeatError
 from .logs import RateLimitedLogger
 from .models import Heartbeat, Limits
 
-__all__ = ["Handler", "UDPStatusGetter"]
+__all__ = ["Handler", "UDPStatusGetter", "normalize_host"]
 
 logger = logging.getLogger("amphora_heartbeat.getter")
 
@@ -87,6 +88,26 @@ def _bind(
         sock.close()
         raise OSError(exc.errno, f"cannot bind {ip}:{port}: {exc.strerror}") from exc
     return sock
+
+
+def normalize_host(address: str) -> str:
+    """Return the canonical text of an IP address, so that two spellings compare equal.
+
+    An IPv4-mapped IPv6 address becomes the IPv4 address (a getter bound to
+    ``::`` reports an IPv4 sender as ``::ffff:192.0.2.10``); IPv6 is written
+    compressed and in lower case (``FD00:0::1`` becomes ``fd00::1``); a scope
+    (``%eth0``) is kept.  Use it on both sides of a source-address check, e.g.
+    ``normalize_host(srcaddr) == normalize_host(amphora.lb_network_ip)``.
+
+    :raises ValueError: ``address`` is not an IPv4 or IPv6 address.
+    :raises TypeError: ``address`` is not a string.
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"an address must be a string, not {type(address).__name__}")
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _address(sock: socket.socket) -> tuple[str, int]:

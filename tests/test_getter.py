@@ -14,12 +14,12 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-from _net import DEADLINE, HOSTS
+from _net import DEADLINE, HOSTS, needs_ipv6
 
 from amphora_heartbeat import Codec, Digest, Heartbeat, HeartbeatError, Limits
 from amphora_heartbeat.envelope import get_hmac, wrap_envelope
 from amphora_heartbeat.errors import REASONS, InvalidHMACError
-from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.getter import UDPStatusGetter, normalize_host
 from amphora_heartbeat.sender import UDPStatusSender, format_address
 from amphora_heartbeat.testing import build_message
 
@@ -571,3 +571,43 @@ def test_check_without_handlers_and_odd_source() -> None:
         with pytest.raises(HeartbeatError):
             getter.handle_datagram(b"", "capture.pcap", now=0.0)
     assert heartbeat.seq == 1
+
+
+# --- source addresses ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("::FFFF:7f00:1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("FD00:0:0::0:1", "fd00::1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+    ],
+)
+def test_normalize_host(address: str, expected: str) -> None:
+    """IPv4-mapped IPv6 becomes IPv4; IPv6 is compressed and lower case."""
+    assert normalize_host(address) == expected
+    assert normalize_host(expected) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "example.com", "127.0.0.1:5555", "[::1]", "1.2.3.256"])
+def test_normalize_host_refuses_what_is_not_an_address(bad: str) -> None:
+    """Anything but an IP address is a ValueError; anything but a string, a TypeError."""
+    with pytest.raises(ValueError, match="does not appear to be"):
+        normalize_host(bad)
+    with pytest.raises(TypeError):
+        normalize_host(2130706433)  # type: ignore[arg-type]
+
+
+@needs_ipv6
+def test_an_ipv6_socket_reports_ipv4_senders_mapped_and_normalize_host_undoes_it() -> None:
+    """An IPv6 socket sees 127.0.0.1 as ::ffff:127.0.0.1; normalize_host maps it back."""
+    with UDPStatusGetter("k", "::ffff:127.0.0.1", 0, timeout=DEADLINE) as getter:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(build_message(), "k"), ("127.0.0.1", getter.address[1]))
+        _, srcaddr = getter.dorecv()
+    assert srcaddr == "::ffff:127.0.0.1"
+    assert normalize_host(srcaddr) == "127.0.0.1"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from _net import DEADLINE, HOSTS
+from _net import DEADLINE, HOSTS, needs_ipv6
 
 from amphora_heartbeat import (
     Codec,
@@ -32,7 +32,7 @@ from amphora_heartbeat.errors import (
     NotJSONError,
     TooLargeError,
 )
-from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.getter import UDPStatusGetter, normalize_host
 from amphora_heartbeat.manager import HealthManager
 from amphora_heartbeat.sender import UDPStatusSender
 from amphora_heartbeat.store import SQLiteStore
@@ -540,6 +540,22 @@ def test_handlers_get_the_source_address(ip: str) -> None:
             sender.dosend(MESSAGE)
             _wait_for(getter, "accepted", 1)
     assert seen == [("amp-1", ip)]
+
+
+@needs_ipv6
+def test_source_check_compares_addresses_not_spellings() -> None:
+    """An IPv4 amphora heard on an IPv6 socket passes the check only once normalised."""
+    heard: list[str] = []
+    with UDPStatusGetter(
+        KEY, "::ffff:127.0.0.1", 0, timeout=5.0, health_handler=lambda hb, src: heard.append(src)
+    ) as getter:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(MESSAGE, KEY), ("127.0.0.1", getter.address[1]))
+        _wait_for(getter, "accepted", 1)
+    lb_network_ip = "127.0.0.1"
+    assert heard == ["::ffff:127.0.0.1"]
+    assert heard[0] != lb_network_ip  # a plain comparison would drop a genuine heartbeat
+    assert normalize_host(heard[0]) == normalize_host(lb_network_ip)
 
 
 def _bad_packets(secret: str) -> list[bytes]:
