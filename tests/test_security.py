@@ -27,6 +27,7 @@ from amphora_heartbeat import (
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED
 from amphora_heartbeat.errors import (
     REASONS,
+    BadIdError,
     InvalidHMACError,
     MalformedError,
     NotJSONError,
@@ -487,6 +488,90 @@ def test_each_limit_is_malformed_beyond_and_configurable(
     with pytest.raises(MalformedError):
         Heartbeat.from_dict(message, limits=limits)
     Heartbeat.from_dict(message)
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["amp\x00", "amp\ud800", "a" * 37, "", "amp\nforged", "amp\x7f", "ampé", "amp\u202e", "amp 1"],
+    ids=["nul", "surrogate", "37-chars", "empty", "newline", "del", "non-ascii", "bidi", "space"],
+)
+def test_ids_no_database_can_hold_are_bad_id(bad_id: str) -> None:
+    """An id Octavia's VARCHAR(36), PostgreSQL, UTF-8 or a log line cannot take is bad_id."""
+    for message in (
+        {"id": bad_id, "listeners": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {bad_id: _listener()}, "pools": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {f"{bad_id}:l1": {"members": {}}}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {"p1": {"members": {bad_id: "UP"}}}},
+    ):
+        # Through the wire, as a key holder would send it: the JSON escapes what it must.
+        with pytest.raises(BadIdError) as info:
+            Heartbeat.from_dict(unwrap_envelope(wrap_envelope(message, KEY), KEY))
+        assert info.value.reason == "bad_id"
+        str(info.value).encode("utf-8")
+    assert Heartbeat.from_dict({"id": "8d723104-f773-43c1-b458-a748e9bb17bc", "listeners": {}})
+
+
+def test_from_dict_refuses_any_python_value_as_malformed() -> None:
+    """Values JSON cannot hold raise MalformedError, never ValueError or RecursionError."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for message in (
+        {"id": "amp-1", "seq": 10**5000, "listeners": {}},
+        {"id": "amp-1", "seq": deep, "listeners": {}},
+        {"id": "amp-1", "listeners": {7: _listener()}},
+        {"id": "amp-1", "listeners": {b"l1": _listener()}},
+        {"id": ("amp-1",), "listeners": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {"p": {"members": {None: "UP"}}}},
+    ):
+        with pytest.raises(MalformedError):
+            Heartbeat.from_dict(message)
+
+
+@pytest.mark.parametrize("field", ["seq", "ver", "boot"])
+def test_seq_ver_and_boot_are_bounded_to_bigint(field: str) -> None:
+    """seq, ver and boot fit a BIGINT column: 2**63 - 1 parses, 2**63 or -1 is malformed."""
+    message: dict[str, object] = {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {}}
+    Heartbeat.from_dict(dict(message, **{field: (1 << 63) - 1}))
+    for bad in (1 << 63, -1):
+        with pytest.raises(MalformedError, match=field):
+            Heartbeat.from_dict(dict(message, **{field: bad}))
+
+
+def test_unknown_statuses_are_logged_a_line_per_kind_per_window(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 heartbeats of unknown statuses write a handful of lines, not one per member."""
+    from amphora_heartbeat import rules
+    from amphora_heartbeat.logs import RateLimitedLogger
+
+    monkeypatch.setattr(rules, "_STATUS_WARNINGS", RateLimitedLogger(rules._LOG))
+    (amphora,) = make_fleet(1, seed=4, listeners=2, pools=2, members=10)
+    heartbeat = Heartbeat.from_dict(
+        amphora.message(
+            listener_status={lst.listener_id: "LISTENING" for lst in amphora.listeners},
+            pool_status={p.pool_id: "MAYBE" for p in amphora.pools},
+            member_status={m: "??" for p in amphora.pools for m in p.members},
+        )
+    )
+    view = rules.LoadBalancerView.from_dict(amphora.view())
+    with caplog.at_level(logging.WARNING, logger="amphora_heartbeat"):
+        for i in range(500):
+            rules.derive(heartbeat, view, now=1000.0 + i * 0.01)
+    assert len(caplog.records) == 3  # one listener, one pool, one member line
+    assert all("reported status" in r.getMessage() for r in caplog.records)
+
+
+def test_every_test_this_page_names_exists() -> None:
+    """The security page names tests for its claims: each one is there to be run."""
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "explanation" / "security.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", page))
+    sources = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    defined = set(re.findall(r"^def (test_\w+)", sources, re.MULTILINE))
+    assert named
+    assert named <= defined, named - defined
 
 
 @pytest.mark.parametrize(
