@@ -370,24 +370,66 @@ def _check_id(value: Any, path: str, limits: Limits, what: str = "id") -> str:
 
 # Ids repeat: an amphora reports the same listener, pool and member ids in every
 # heartbeat.  Checking an id's characters costs about 5 ns a character, 2 us for
-# a standard heartbeat's 13 ids; the fast path remembers strings that passed
-# instead (a set lookup, whose hash a dict key already carries).  Bounded in
+# a standard heartbeat's 13 ids; the fast path remembers the ids and pool keys
+# that passed instead, per max_id_length, so that one set lookup (whose hash a
+# dict key already carries) checks length and characters at once.  Bounded in
 # count and length (a pool key holds two ids: 73 characters), and emptied when
-# full, so hostile messages cost re-checks, never memory: at most about 6 MiB.
+# full, so hostile messages cost re-checks, never memory: at most about 6 MiB per
+# max_id_length in use, and 4 of those.
 _KNOWN_IDS_SIZE = 1 << 15
 _KNOWN_ID_LENGTH = 80
-_KNOWN_IDS: set[str] = set()
 
 
-def _remember_id(value: Any) -> bool:
-    """Return whether ``value`` is a non-empty visible-ASCII string; remember it if so."""
-    if type(value) is not str or not value or not _visible_ascii(value):
-        return False
-    if len(value) <= _KNOWN_ID_LENGTH:
-        if len(_KNOWN_IDS) >= _KNOWN_IDS_SIZE:
-            _KNOWN_IDS.clear()
-        _KNOWN_IDS.add(value)
-    return True
+class _Known:
+    """The ids and pool keys the fast path found valid under one ``max_id_length``."""
+
+    __slots__ = ("ids", "keys", "max_id")
+
+    def __init__(self, max_id: int) -> None:
+        self.max_id = max_id
+        self.ids: set[str] = set()
+        self.keys: set[str] = set()
+
+    def admit_id(self, value: Any) -> bool:
+        """Return whether ``value`` is a valid id; remember it if so."""
+        if type(value) is not str or not 0 < len(value) <= self.max_id:
+            return False
+        if not _visible_ascii(value):
+            return False
+        self._remember(self.ids, value)
+        return True
+
+    def admit_key(self, key: Any) -> bool:
+        """Return whether ``key`` is a valid pool key (each id in it valid); remember it if so."""
+        if type(key) is not str or not _visible_ascii(key):
+            return False
+        pool_id, sep, suffix = key.rpartition(":")
+        if not sep:
+            pool_id = key
+        if not 0 < len(pool_id) <= self.max_id or len(suffix) > self.max_id:
+            return False
+        self._remember(self.keys, key)
+        return True
+
+    def _remember(self, known: set[str], value: str) -> None:
+        if len(value) <= _KNOWN_ID_LENGTH:
+            if len(self.ids) + len(self.keys) >= _KNOWN_IDS_SIZE:
+                self.ids.clear()
+                self.keys.clear()
+            known.add(value)
+
+
+# One _Known per max_id_length in use (a few at most: they are made afresh beyond 4).
+_KNOWN: dict[int, _Known] = {}
+
+
+def _known(max_id: int) -> _Known:
+    known = _KNOWN.get(max_id)
+    if known is None:
+        if len(_KNOWN) >= 4:
+            _KNOWN.clear()
+        known = _KNOWN[max_id] = _Known(max_id)
+    return known
 
 
 def _split_pool_key(key: str, path: str, limits: Limits) -> tuple[str, str | None]:
@@ -603,18 +645,19 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
     raw_listeners = d["listeners"]
     raw_pools = d["pools"]
     max_id = limits.max_id_length
-    # An id is checked by its length, then by one set lookup: a string in
-    # _KNOWN_IDS already passed the character rule (_remember_id checks the rest).
-    known = _KNOWN_IDS
-    remember = _remember_id
+    # An id or pool key found in its set passed every check before; one that is
+    # not is checked (and remembered) by admit_id or admit_key.
+    known = _KNOWN.get(max_id) or _known(max_id)
+    ids = known.ids
+    keys = known.keys
+    admit_id = known.admit_id
     if boot is _NO_BOOT:
         boot = None
     elif type(boot) is not int or not 0 <= boot <= _MAX_SEQ:
         return None
     if (
         type(amphora_id) is not str
-        or len(amphora_id) > max_id
-        or (amphora_id not in known and not remember(amphora_id))
+        or (amphora_id not in ids and not admit_id(amphora_id))
         or type(seq) is not int
         or not 0 <= seq <= _MAX_SEQ
         or type(version) is not int
@@ -637,8 +680,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
         if (
             type(status) is not str
             or type(counters) is not dict
-            or len(lid) > max_id
-            or (lid not in known and not remember(lid))
+            or (lid not in ids and not admit_id(lid))
         ):
             return None
         rx = counters["rx"]
@@ -686,22 +728,18 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             (status is not None and type(status) is not str)
             or type(raw_members) is not dict
             or len(raw_members) > max_members
-            or (key not in known and not remember(key))
+            or (key not in keys and not known.admit_key(key))
         ):
             return None
-        # The key's characters are checked whole (":" is one of them); the
-        # lengths of the pool id and listener id in it, here.
         pool_id, sep, suffix = key.rpartition(":")
         if not sep:
             pool_id = key
-        if not pool_id or len(pool_id) > max_id or len(suffix) > max_id or pool_id in pools:
-            # A pool id twice: the careful path keeps the last entry, at its position.
-            return None
+        if pool_id in pools:
+            return None  # the careful path keeps the last entry, at its position
         members: dict[str, MemberStatus] = {}
         for mid, raw_status in raw_members.items():
             if (
-                len(mid) > max_id
-                or (mid not in known and not remember(mid))
+                (mid not in ids and not admit_id(mid))
                 # Only strings are looked up: hashing a deep tuple could exhaust the stack.
                 or type(raw_status) is not str
             ):

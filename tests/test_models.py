@@ -320,25 +320,44 @@ def test_member_status_cache_is_bounded() -> None:
 
 
 def test_remembered_ids_are_bounded_in_count_and_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast path's set of checked ids never outgrows its bound nor keeps long strings."""
+    """The fast path's sets of checked ids never outgrow their bound nor keep long strings."""
     from amphora_heartbeat import models
 
-    monkeypatch.setattr(models, "_KNOWN_IDS", set())
+    monkeypatch.setattr(models, "_KNOWN", {})
     monkeypatch.setattr(models, "_KNOWN_IDS_SIZE", 16)
     for i in range(100):
         msg = message(3)
         msg["pools"]["p1:l1"]["members"] = {f"m{i}-{j}": "UP" for j in range(7)}
         Heartbeat.from_dict(msg)
-        assert len(models._KNOWN_IDS) <= 16
+        known = models._KNOWN[36]
+        assert len(known.ids) + len(known.keys) <= 16
     long_id = "x" * (models._KNOWN_ID_LENGTH + 1)
     limits = Limits(max_id_length=200)
     assert Heartbeat.from_dict(dict(message(3), id=long_id), limits=limits).amphora_id == long_id
-    assert long_id not in models._KNOWN_IDS
+    assert long_id not in models._KNOWN[200].ids
+    for max_id in range(40, 50):  # many Limits in use: a few sets at most
+        Heartbeat.from_dict(message(3), limits=Limits(max_id_length=max_id))
+    assert len(models._KNOWN) <= 4
     # A bad id is never remembered, so it is refused every time.
     for _ in range(2):
         with pytest.raises(BadIdError):
             Heartbeat.from_dict(dict(message(3), id="amp\x00"))
-    assert all(_visible_ascii_only(i) for i in models._KNOWN_IDS)
+    for known in models._KNOWN.values():
+        assert all(_visible_ascii_only(i) and len(i) <= known.max_id for i in known.ids)
+
+
+def test_an_id_checked_under_a_longer_limit_is_still_refused_under_a_shorter_one() -> None:
+    """What the fast path remembers is per max_id_length: 40 characters pass 40, not 36."""
+    forty = "y" * 40
+    msg = dict(message(3), id=forty)
+    assert Heartbeat.from_dict(msg, limits=Limits(max_id_length=40)).amphora_id == forty
+    with pytest.raises(BadIdError):
+        Heartbeat.from_dict(msg)
+    msg = message(3)
+    msg["pools"] = {"p" * 20 + ":" + "l" * 20: {"members": {}}}
+    Heartbeat.from_dict(msg, limits=Limits(max_id_length=20))
+    with pytest.raises(BadIdError):
+        Heartbeat.from_dict(msg, limits=Limits(max_id_length=19))
 
 
 def _visible_ascii_only(text: str) -> bool:
