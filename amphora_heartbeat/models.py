@@ -323,7 +323,7 @@ def _show(value: Any) -> str:
 
 def _key(key: Any) -> str:
     """Return a key as a path segment: a string cut to 64 characters, else its type."""
-    return str.__getitem__(key, slice(64)) if isinstance(key, str) else f"<{type(key).__name__}>"
+    return key[:64] if isinstance(key, str) else f"<{type(key).__name__}>"
 
 
 def _count(value: Any, path: str, maximum: int) -> int:
