@@ -9,8 +9,9 @@ counted, and the next line of that reason after its interval is over is preceded
 by one line saying how many were not logged.  :meth:`RateLimitedLogger.flush`
 writes those counts without waiting for another message.
 
-Time is an argument (``now=``, in seconds) or comes from the injected ``clock``,
-so tests drive it without sleeping.  The helper logs through the
+Time is an argument (``now=``, in seconds) or comes from the ``clock`` the
+caller injects (the I/O shell passes :func:`time.time`), so the module reads no
+clock itself and tests drive it without sleeping.  The helper logs through the
 :class:`logging.Logger` it is given and never configures logging itself.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 
 __all__ = ["OTHER_REASONS", "RateLimitedLogger"]
@@ -47,9 +47,9 @@ class RateLimitedLogger:
     :param burst: lines logged per reason per window; the rest are counted.
     :param max_reasons: reasons tracked at once; beyond it, lines of new reasons
         share the reason :data:`OTHER_REASONS`, so the table cannot grow without limit.
-    :param clock: the time in seconds when a call passes no ``now``
-        (:func:`time.monotonic` by default; pass the clock whose scale your
-        ``now`` values use).
+    :param clock: the time in seconds when a call passes no ``now`` (the clock
+        whose scale your ``now`` values use, e.g. :func:`time.monotonic`); None:
+        every call passes ``now``.
     :raises ValueError: a non-positive interval, burst or max_reasons.
 
     Thread-safe.  A window starts at a reason's first line; a ``now`` earlier
@@ -63,7 +63,7 @@ class RateLimitedLogger:
         interval: float = 10.0,
         burst: int = 1,
         max_reasons: int = 256,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive seconds, got {interval!r}")
@@ -130,7 +130,7 @@ class RateLimitedLogger:
         if not self.logger.isEnabledFor(level):
             return False
         if now is None:
-            now = self._clock()
+            now = self._now()
         with self._lock:
             window = self._windows.get(reason)
             over: dict[str, _Window] = {}
@@ -158,6 +158,11 @@ class RateLimitedLogger:
             self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=3)
         return emit
 
+    def _now(self) -> float:
+        if self._clock is None:
+            raise TypeError("pass now=, or give the RateLimitedLogger a clock")
+        return self._clock()
+
     def _take_over(self, now: float) -> dict[str, _Window]:
         """Remove and return the windows that are over at ``now`` (called with the lock held)."""
         over = {
@@ -177,7 +182,7 @@ class RateLimitedLogger:
         summary lines written.
         """
         if now is None:
-            now = self._clock()
+            now = self._now()
         with self._lock:
             over = self._take_over(now)
         lines = 0

@@ -187,3 +187,13 @@ def test_never_configures_logging() -> None:
     assert (list(root.handlers), root.level) == before
     assert logging.getLogger(NAME).handlers == []
     assert "1 per reason per 10 s" in repr(limited)
+
+
+def test_without_a_clock_now_is_required() -> None:
+    """The module reads no clock of its own: with none given, a call without now is an error."""
+    limited = RateLimitedLogger(logging.getLogger(NAME))
+    assert limited.warning("r", "x", now=0.0)
+    with pytest.raises(TypeError, match="now="):
+        limited.warning("r", "x")
+    with pytest.raises(TypeError, match="now="):
+        limited.flush()
