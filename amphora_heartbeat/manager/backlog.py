@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import HeartbeatError
-from ..models import Heartbeat
+from .judge import Entry
 
 __all__ = ["Backlog", "drain", "receive_forever"]
 
@@ -27,15 +27,15 @@ log = logging.getLogger("amphora_heartbeat.manager")
 
 
 class Backlog:
-    """Heartbeats received and not yet committed, oldest first."""
+    """Heartbeats received and not yet committed, with their sources, oldest first."""
 
     def __init__(self, *, max_batch: int, max_backlog: int) -> None:
         """Hold at most ``max_backlog`` heartbeats; hand out at most ``max_batch`` at once."""
         self.max_batch = max_batch
         self.max_backlog = max_backlog
         #: New heartbeats; appended by the receiver (any one thread).
-        self.queue: collections.deque[Heartbeat] = collections.deque()
-        self._held: list[Heartbeat] = []
+        self.queue: collections.deque[Entry] = collections.deque()
+        self._held: list[Entry] = []
         #: Heartbeats dropped so far (backlog full, or a tick that could not be written).
         self.dropped = 0
 
@@ -48,7 +48,7 @@ class Backlog:
         """Tell whether a whole batch is already waiting (no reason to pause)."""
         return len(self.queue) >= self.max_batch
 
-    def take(self) -> list[Heartbeat]:
+    def take(self) -> list[Entry]:
         """Return the next batch: held heartbeats first, then new ones, oldest first."""
         batch = self._held
         queue = self.queue
@@ -67,7 +67,7 @@ class Backlog:
         if len(self) > self.max_backlog:
             self._held = self.take()
 
-    def put_back(self, batch: list[Heartbeat]) -> None:
+    def put_back(self, batch: list[Entry]) -> None:
         """Return a batch whose write failed to the front of the line."""
         self._held = batch + self._held
 
@@ -79,7 +79,7 @@ class Backlog:
         """Return the amphorae with a heartbeat waiting that was received at or after ``cutoff``."""
         return {
             h.amphora_id
-            for h in itertools.chain(self._held, list(self.queue))
+            for h, _ in itertools.chain(self._held, list(self.queue))
             if h.recv_time is not None and h.recv_time >= cutoff
         }
 
@@ -94,12 +94,12 @@ def drain(getter: Any, backlog: Backlog) -> None:
         if not ready:
             return
         try:
-            heartbeat, _ = getter.dorecv()
+            entry = getter.dorecv()
         except HeartbeatError:
             continue  # counted by the getter
         except (TimeoutError, OSError):
             return
-        backlog.queue.append(heartbeat)
+        backlog.queue.append(entry)
 
 
 def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool]) -> None:
@@ -107,7 +107,7 @@ def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool])
     append = backlog.queue.append
     while not stopping():
         try:
-            heartbeat, _ = getter.dorecv()
+            entry = getter.dorecv()  # (heartbeat, source address): kept as received
         except (TimeoutError, HeartbeatError):
             continue
         except OSError:
@@ -116,4 +116,4 @@ def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool])
             log.exception("receiving failed; retrying")
             time.sleep(0.1)
             continue
-        append(heartbeat)
+        append(entry)

@@ -53,8 +53,9 @@ from ..tracker import decide
 from .backlog import Backlog, drain, receive_forever
 from .failover import Failover, FailoverRunner
 from .histogram import DelayHistogram
-from .judge import ViewCache, judge
+from .judge import Entry, ViewCache
 from .losses import LossWatch
+from .writer import BatchWriter
 
 __all__ = ["HealthManager", "TickReport", "tune_gc"]
 
@@ -70,6 +71,11 @@ _COUNTERS = (
     "status_changes",
     "store_errors",
     "tick_errors",
+    "poison_heartbeats",
+    "unstorable_id",
+    "source_mismatch",
+    "stats_replayed",
+    "stats_unknown_listener",
     "dropped",
     "failovers_started",
     "failovers_succeeded",
@@ -136,6 +142,10 @@ class HealthManager:
     :param started: the start of the start-up grace, seconds since the epoch;
         None: the first :meth:`step`'s ``now``.
     :param clock: the wall clock :meth:`run` and commit times use.
+    :param check_source: write nothing for a heartbeat whose source address is not
+        its amphora's ``lb_network_ip`` (when that is set), and count it
+        ``source_mismatch``.  Octavia does not check; recommended where
+        amphorae share one key.
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class HealthManager:
         max_backlog: int = 1_000_000,
         started: float | None = None,
         clock: Callable[[], float] = time.time,
+        check_source: bool = False,
     ) -> None:
         if heartbeat_timeout <= 0 or health_check_interval <= 0 or tick <= 0:
             raise ValueError("heartbeat_timeout, health_check_interval and tick must be positive")
@@ -182,6 +193,13 @@ class HealthManager:
         }
         self._backlog = Backlog(max_batch=max_batch, max_backlog=max_backlog)
         self._views = ViewCache()
+        self._writer = BatchWriter(
+            store,
+            self._views,
+            heartbeat_interval=heartbeat_interval,
+            check_source=check_source,
+            clock=clock,
+        )
         self._losses = LossWatch(heartbeat_timeout, self._counts)
         self._failovers = FailoverRunner(failover, failover_threads, self._counts)
         self._retry_at = float("-inf")
@@ -207,11 +225,15 @@ class HealthManager:
 
     # --- feeding -------------------------------------------------------------------
 
-    def submit(self, heartbeat: Heartbeat) -> None:
-        """Queue a heartbeat received elsewhere (its ``recv_time`` must be set)."""
+    def submit(self, heartbeat: Heartbeat, source: str | None = None) -> None:
+        """Queue a heartbeat received elsewhere (its ``recv_time`` must be set).
+
+        ``source`` is the IP address it came from; with ``check_source`` a
+        heartbeat without one counts as a mismatch.
+        """
         if heartbeat.recv_time is None:
             raise ValueError("submit() needs a heartbeat with its recv_time")
-        self._backlog.queue.append(heartbeat)
+        self._backlog.queue.append((heartbeat, source))
 
     # --- one tick ------------------------------------------------------------------
 
@@ -242,21 +264,9 @@ class HealthManager:
         if not batch:
             return TickReport()
         start = self.clock()
-        lag = max(now - min(h.recv_time for h in batch if h.recv_time is not None), 0.0)
+        lag = max(now - min(h.recv_time for h, _ in batch if h.recv_time is not None), 0.0)
         try:
-            stored = self.store.read_views({h.amphora_id for h in batch})
-            judged = judge(
-                batch,
-                stored,
-                self._views,
-                heartbeat_interval=self.heartbeat_interval,
-                clock=self.clock,
-            )
-            rows = self.store.write_tick(judged.write) if len(judged.write) else 0
-        except StoreError as exc:
-            self._store_failed(exc, now)
-            self._backlog.put_back(batch)
-            return TickReport(len(batch), 0, lag, failed=True)
+            written = self._writer.write(batch)
         except Exception:
             # A bug or data the rules refuse: retrying the same batch would fail
             # for ever, so it is dropped (counted), and the manager goes on.
@@ -264,26 +274,24 @@ class HealthManager:
             self._counts["tick_errors"] += 1
             self._backlog.drop(len(batch))
             return TickReport(len(batch), 0, lag, failed=True)
-        self._committed(batch, judged.counts, rows, start, lag)
-        return TickReport(len(batch), rows, lag)
+        self._counts.update(written.counts)
+        if written.committed:
+            self._committed(written.committed, written.rows, start, lag)
+        if written.failed is not None:
+            self._store_failed(written.failed, now)
+            self._backlog.put_back(written.remaining)
+            return TickReport(len(batch), written.rows, lag, failed=True)
+        return TickReport(len(batch), written.rows, lag)
 
-    def _committed(
-        self,
-        batch: Sequence[Heartbeat],
-        judged: Mapping[str, int],
-        rows: int,
-        start: float,
-        lag: float,
-    ) -> None:
+    def _committed(self, batch: Sequence[Entry], rows: int, start: float, lag: float) -> None:
         """Count a committed tick and the receive-to-commit delay of each heartbeat in it."""
         committed = self.clock()
         self._failures = 0
-        self._counts.update(judged)
         self._counts["ticks"] += 1
         self._counts["heartbeats_judged"] += len(batch)
         self._counts["rows_written"] += rows
         delays = self.delays
-        for h in batch:
+        for h, _ in batch:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
         self._gauges["tick_seconds_total"] += committed - start

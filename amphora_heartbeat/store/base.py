@@ -26,16 +26,20 @@ if TYPE_CHECKING:
 __all__ = [
     "HEALTH_UPSERT",
     "LIVE",
+    "MAX_ID_LENGTH",
     "STATS_ADD",
     "STATS_REPLACE",
     "SQLStore",
     "StatsUpsert",
     "Store",
+    "StoreConflict",
+    "StoreDataError",
     "StoreError",
     "StoredView",
     "TickWrite",
     "epoch",
     "stats_rows",
+    "storable_id",
     "utc",
 ]
 
@@ -48,16 +52,19 @@ log = logging.getLogger("amphora_heartbeat.store")
 LIVE = "a.status <> 'DELETED' AND lb.provisioning_status <> 'DELETED'"
 _VIEW_SQL = (
     "SELECT a.id, 0, a.status, lb.id, lb.enabled, lb.provisioning_status,"
-    " lb.operating_status, a.lb_network_ip"
+    " lb.operating_status, a.lb_network_ip, s.boot, s.seq, s.seen"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " LEFT JOIN amphora_heartbeat_seq s ON s.amphora_id = a.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
-    " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL"
+    " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL,"
+    " NULL, NULL, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN listener l ON l.load_balancer_id = lb.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
-    " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL"
+    " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL,"
+    " NULL, NULL, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN pool p ON p.load_balancer_id = lb.id LEFT JOIN member m ON m.pool_id = p.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
@@ -70,6 +77,9 @@ HEALTH_UPSERT = (
     " ELSE amphora_health.last_update END"
 )
 _STATS_COLUMNS = "bytes_in, bytes_out, active_connections, total_connections, request_errors"
+# A sum beyond the BIGINT column is NULL, which its NOT NULL refuses: the same data
+# error on every engine (SQLite would otherwise store a REAL without a word).
+_MAX_BIGINT = (1 << 63) - 1
 _STATS_INSERT = (
     f"INSERT INTO listener_statistics (listener_id, amphora_id, {_STATS_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (listener_id, amphora_id) DO UPDATE SET "
@@ -78,13 +88,24 @@ STATS_REPLACE = _STATS_INSERT + ", ".join(f"{c} = excluded.{c}" for c in _STATS_
 STATS_ADD = _STATS_INSERT + ", ".join(
     f"{c} = excluded.{c}"
     if c == "active_connections"
-    else f"{c} = listener_statistics.{c} + excluded.{c}"
+    else f"{c} = CASE WHEN listener_statistics.{c} > {_MAX_BIGINT} - excluded.{c} THEN NULL"
+    f" ELSE listener_statistics.{c} + excluded.{c} END"
     for c in _STATS_COLUMNS.split(", ")
 )
 _STATUS_UPDATE = {
     table: f"UPDATE {table} SET operating_status = ?, updated_at = ? WHERE id = ?"
     for table in ("load_balancer", "listener", "pool", "member")
 }
+_SEQ_INSERT = (
+    "INSERT INTO amphora_heartbeat_seq (amphora_id, boot, seq, seen) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (amphora_id) DO NOTHING"
+)
+# Conditional on the state the tick judged against: two managers cannot both
+# count the same sequence number (the second matches no row and starts over).
+_SEQ_UPDATE = (
+    "UPDATE amphora_heartbeat_seq SET boot = ?, seq = ?, seen = ?"
+    " WHERE amphora_id = ? AND boot = ? AND seq = ? AND seen = ?"
+)
 _REALLOCATE = (
     "UPDATE amphora SET status = 'ALLOCATED', updated_at = ?"
     " WHERE id = ? AND status = 'FAILOVER_STOPPED'"
@@ -110,8 +131,46 @@ _CLAIM = (
 )
 
 
+#: The longest id Octavia's id columns hold (``VARCHAR(36)``: a UUID's text).
+MAX_ID_LENGTH = 36
+
+
+def storable_id(value: str) -> bool:
+    """Tell whether ``value`` can be stored as an id: at most 36 printable characters.
+
+    No control character (PostgreSQL refuses NUL in text), no lone surrogate
+    (not encodable), nothing longer than the column.
+    """
+    return len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
 class StoreError(Exception):
-    """Report that the database could not be read or written (the operation was undone)."""
+    """Report that the database could not be read or written (the operation was undone).
+
+    :attr:`transient` tells a failure that retrying may cure (the database is
+    away, busy or lost a deadlock) from one the data itself causes
+    (:class:`StoreDataError`): the same write would fail again.
+    """
+
+    #: Whether the same operation may succeed later (the database, not the data, failed).
+    transient: bool = True
+
+
+class StoreDataError(StoreError):
+    """Report that the database refused the data written (a value it cannot hold, a constraint).
+
+    Retrying the same write fails again; each engine maps its driver's integrity
+    and data errors (and values the driver cannot bind) to this class.
+    """
+
+    transient = False
+
+
+class StoreConflict(StoreError):
+    """Report that another manager changed a row this write was conditioned on.
+
+    The transaction was undone; reading again and judging again resolves it.
+    """
 
 
 @attrs.frozen
@@ -128,6 +187,8 @@ class StoredView:
     udp_listeners_down: frozenset[str] = frozenset()
     #: The address heartbeats of this amphora come from (``lb_network_ip``), if known.
     lb_network_ip: str | None = None
+    #: The replay guard's state ``(boot, seq, seen)`` (``amphora_heartbeat_seq``), if any.
+    seq: tuple[int, int, int] | None = None
 
 
 @attrs.frozen
@@ -160,6 +221,11 @@ class TickWrite:
     stats: Sequence[StatsUpsert] = ()
     #: Amphorae that reported while ``FAILOVER_STOPPED``: back to ``ALLOCATED``.
     reallocated: Collection[str] = ()
+    #: Replay-guard states, amphora id to (state judged against or None, new state);
+    #: the write fails with :class:`StoreConflict` unless each is still the stored one.
+    seqs: Mapping[str, tuple[tuple[int, int, int] | None, tuple[int, int, int]]] = attrs.field(
+        factory=dict
+    )
 
     def __len__(self) -> int:
         """Return the number of rows this write touches at most."""
@@ -171,6 +237,7 @@ class TickWrite:
             + len(self.members)
             + len(self.stats)
             + len(self.reallocated)
+            + len(self.seqs)
         )
 
 
@@ -232,7 +299,8 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
     defaults: dict[str, dict[str, str | None]] = {}
     pools: dict[str, dict[str, Any]] = {}
     enabled_members: dict[str, dict[str, int]] = {}
-    for amp, kind, c3, c4, c5, c6, c7, c8 in rows:
+    seqs: dict[str, tuple[int, int, int]] = {}
+    for amp, kind, c3, c4, c5, c6, c7, c8, boot, seq, seen in rows:
         if kind == 0:
             view = {
                 "id": c4,
@@ -241,6 +309,8 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
                 "operating_status": c7,
             }
             heads[amp] = (c3, c4, view, c8)
+            if seq is not None:
+                seqs[amp] = (int(boot), int(seq), int(seen))
         elif kind == 1:
             listeners.setdefault(amp, {})[c3] = {
                 "operating_status": c6,
@@ -269,7 +339,7 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
                     down.add(lid)
         if amp in pools:
             view["pools"] = pools[amp]
-        views[amp] = StoredView(amp, status, lb_id, view, frozenset(down), ip)
+        views[amp] = StoredView(amp, status, lb_id, view, frozenset(down), ip, seqs.get(amp))
     return views
 
 
@@ -383,6 +453,8 @@ class SQLStore:
         now = self._time(write.now)
         rows = 0
         with self._transaction() as cur:
+            if write.seqs:
+                rows += self._write_seqs(cur, sorted(write.seqs.items()))
             if write.health:
                 rows += self._write_health(cur, sorted(write.health.items()))
             if write.reallocated:
@@ -401,6 +473,24 @@ class SQLStore:
                     rows += len(params3)
             rows += self._write_stats(cur, write.stats)
         return rows
+
+    def _write_seqs(
+        self,
+        cur: Any,
+        seqs: Sequence[tuple[str, tuple[tuple[int, int, int] | None, tuple[int, int, int]]]],
+    ) -> int:
+        """Move each replay-guard state from the one judged against to the new one.
+
+        Raise :class:`StoreConflict` if another manager moved one meanwhile.
+        """
+        for amphora_id, (old, new) in seqs:
+            if old is None:
+                cur.execute(self._sql(_SEQ_INSERT), (amphora_id, *new))
+            else:
+                cur.execute(self._sql(_SEQ_UPDATE), (*new, amphora_id, *old))
+            if cur.rowcount != 1:
+                raise StoreConflict(f"amphora {amphora_id!r}: sequence state changed meanwhile")
+        return len(seqs)
 
     def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
         """Upsert ``amphora_health`` rows (sorted by id); return how many."""
@@ -466,6 +556,11 @@ class SQLStore:
             if succeeded:
                 cur.execute(
                     self._sql("DELETE FROM amphora_health WHERE amphora_id = ?"), (amphora_id,)
+                )
+                # The failed-over amphora never reports again: its guard state goes too.
+                cur.execute(
+                    self._sql("DELETE FROM amphora_heartbeat_seq WHERE amphora_id = ?"),
+                    (amphora_id,),
                 )
             else:
                 cur.execute(

@@ -9,9 +9,21 @@ import sqlite3
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from .base import SQLStore, StoreError, epoch, utc
+from .base import SQLStore, StoreDataError, StoreError, epoch, utc
 
 __all__ = ["SQLiteStore"]
+
+# What the data (not the database) causes: a constraint, a value the column or the
+# driver cannot hold (sqlite3 raises OverflowError for an integer beyond 64 bits
+# and UnicodeEncodeError for text that is not valid Unicode).
+_DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError)
+
+
+def _error(exc: Exception) -> StoreError:
+    """Return the store error for ``exc``: a data error, or the database failing."""
+    if isinstance(exc, _DATA_ERRORS):
+        return StoreDataError(f"SQLite refused the data: {exc}")
+    return StoreError(f"SQLite: {exc}")
 
 
 class SQLiteStore(SQLStore):
@@ -68,11 +80,11 @@ class SQLiteStore(SQLStore):
                     cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, *_DATA_ERRORS) as exc:
             with contextlib.suppress(sqlite3.Error):
                 if self._conn.in_transaction:
                     cur.execute("ROLLBACK")
-            raise StoreError(f"SQLite: {exc}") from exc
+            raise _error(exc) from exc
         finally:
             cur.close()
 
@@ -84,8 +96,8 @@ class SQLiteStore(SQLStore):
             raise StoreError(f"SQLite: {exc}") from exc
         try:
             yield cur
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite: {exc}") from exc
+        except (sqlite3.Error, *_DATA_ERRORS) as exc:
+            raise _error(exc) from exc
         finally:
             cur.close()
 

@@ -1,0 +1,463 @@
+"""Tests of the manager's promises to a fleet whose key any amphora holds, and to a flaky network.
+
+One heartbeat the database refuses must not stall the rest (bisection); ids no
+column can hold never reach the database; a replayed or duplicated v3 datagram
+adds its statistics once; with ``check_source`` a heartbeat speaks only for the
+amphora at its source address; statistics rows only for the load balancer's own
+listeners.  Every test runs on every engine of tests/_pg.py; the ones about
+processes run the manager as a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import _pg
+import pytest
+
+from amphora_heartbeat.envelope import wrap_envelope
+from amphora_heartbeat.manager import HealthManager
+from amphora_heartbeat.manager.judge import same_address
+from amphora_heartbeat.manager.replay import WINDOW, admit
+from amphora_heartbeat.models import Heartbeat, ListenerStats
+from amphora_heartbeat.store import (
+    PostgresStore,
+    SQLiteStore,
+    StatsUpsert,
+    StoreDataError,
+    StoreError,
+    TickWrite,
+    open_store,
+    storable_id,
+)
+from amphora_heartbeat.testing import AmphoraSpec, make_fleet
+
+pg_server = _pg.pg_server
+pg_dsn = _pg.pg_dsn
+db_url = _pg.db_url
+store = _pg.store
+
+AnyStore = SQLiteStore | PostgresStore
+T0 = 1_800_000_000.0
+KEY = "manager-security-key"
+BIG = (1 << 63) - 1  # the largest counter a heartbeat may carry (and a BIGINT hold)
+
+
+def _hb(amp: AmphoraSpec, recv: float, **options: Any) -> Heartbeat:
+    return Heartbeat.from_dict(amp.message(**options), recv_time=recv)
+
+
+def _bytes_in(amp: AmphoraSpec, value: int, seq: int) -> Heartbeat:
+    """Return a v3 heartbeat of ``amp`` adding ``value`` to its first listener's bytes_in."""
+    stats = {amp.listeners[0].listener_id: ListenerStats(value, 0, 0, 1, 0)}
+    return Heartbeat.from_dict(amp.message(seq=seq, stats=stats), recv_time=T0 + seq)
+
+
+def _manager(s: AnyStore, **options: Any) -> HealthManager:
+    options.setdefault("started", T0)
+    options.setdefault("heartbeat_timeout", 60)
+    return HealthManager(None, s, **options)
+
+
+def _wait(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+# --- the store boundary and data errors -------------------------------------------------
+
+
+def test_storable_id_takes_uuids_and_refuses_long_or_control_characters() -> None:
+    """An id fits the columns: at most 36 printable characters, no NUL, no lone surrogate."""
+    assert storable_id("85750621-02fb-4d4f-b57f-bc5af71a1bfc")
+    assert not storable_id("x" * 37)
+    assert not storable_id("evil\x00id")
+    assert not storable_id("evil\nid")
+    assert not storable_id("bad\ud800")
+
+
+def test_a_counter_sum_beyond_bigint_is_a_data_error_on_every_engine(store: AnyStore) -> None:
+    """Adding a delta that overflows the stored BIGINT fails as data (not transient), undone."""
+    (amp,) = make_fleet(1, seed=1, listeners=1)
+    lid = amp.listeners[0].listener_id
+    row = StatsUpsert(lid, amp.amphora_id, ListenerStats(1, 0, 0, 0, 0), add=True)
+    store.write_tick(TickWrite(now=T0, stats=[row]))
+    big = StatsUpsert(lid, amp.amphora_id, ListenerStats(BIG, 0, 0, 0, 0), add=True)
+    with pytest.raises(StoreDataError) as caught:
+        store.write_tick(TickWrite(now=T0, health={amp.amphora_id: T0}, stats=[big]))
+    assert caught.value.transient is False
+    assert store.read_statistics()[(lid, amp.amphora_id)].bytes_in == 1
+    assert store.read_health() == {}
+
+
+def test_a_heartbeat_the_database_refuses_is_isolated_and_the_rest_committed(
+    store: AnyStore,
+) -> None:
+    """One poison heartbeat in a batch: dropped and counted, every other one committed."""
+    fleet = make_fleet(9, seed=2, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    poison = fleet[4]
+    m = _manager(store)
+    m.submit(_bytes_in(poison, 1, 0))
+    m.step(T0)
+    for i, amp in enumerate(fleet):
+        m.submit(_bytes_in(amp, BIG, 1) if amp is poison else _bytes_in(amp, 7, 1))
+        if i == 6:
+            m.submit(_bytes_in(poison, 5, 2))  # behind the poison, same amphora: judged alone
+    m.step(T0 + 2)
+    health = store.read_health()
+    assert {a for a, (t, _) in health.items() if t == T0 + 1} == {
+        a.amphora_id for a in fleet if a is not poison
+    }
+    assert health[poison.amphora_id][0] == T0 + 2
+    stats = store.read_statistics()
+    assert stats[(poison.listeners[0].listener_id, poison.amphora_id)].bytes_in == 1 + 5
+    counters = m.counters
+    assert counters["poison_heartbeats"] == 1
+    assert counters["backlog"] == 0
+    assert counters["store_errors"] == 0
+
+
+def test_ids_no_column_can_hold_never_reach_the_database(store: AnyStore) -> None:
+    """A hand-built heartbeat with a NUL or a 40-character id is dropped before the store."""
+    (amp,) = make_fleet(1, seed=3, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    m = _manager(store)
+    for bad in ("evil\x00id", "a" * 40):
+        m.submit(Heartbeat(amphora_id=bad, recv_time=T0))
+    m.submit(_hb(amp, T0))
+    m.step(T0 + 1)
+    assert set(store.read_health()) == {amp.amphora_id}
+    assert m.counters["unstorable_id"] == 2
+    assert m.counters["poison_heartbeats"] == 0
+
+
+def test_a_database_that_is_away_keeps_the_batch_and_retries(tmp_path: Path) -> None:
+    """A locked SQLite file is not data: nothing dropped, the batch waits, then commits."""
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path), timeout=0.05)
+    s.create_schema()
+    (amp,) = make_fleet(1, seed=4, listeners=1)
+    s.add_fleet([amp])
+    m = _manager(s)
+    locker = SQLiteStore(str(path))
+    locker._conn.execute("BEGIN EXCLUSIVE")
+    m.submit(_hb(amp, T0))
+    assert m.step(T0 + 1).failed
+    assert m.counters["poison_heartbeats"] == 0
+    assert m.backlog == 1
+    locker._conn.execute("ROLLBACK")
+    locker.close()
+    assert not m.step(T0 + 30).failed
+    assert set(s.read_health()) == {amp.amphora_id}
+    s.close()
+
+
+# --- the replay guard ---------------------------------------------------------------
+
+
+def test_admit_counts_each_seq_once_within_the_window() -> None:
+    """Duplicates and counted older seqs are refused; a late one within the window counts once."""
+    ok, state = admit(None, 10)
+    assert ok
+    assert admit(state, 10) == (False, state)
+    ok, state = admit(state, 12)
+    assert ok
+    ok, state = admit(state, 11)  # late, not counted yet
+    assert ok
+    assert admit(state, 11)[0] is False
+    assert admit(state, 10)[0] is False
+    assert admit(state, 12)[0] is False
+
+
+def test_admit_takes_a_restart_without_boot_time_and_a_newer_boot() -> None:
+    """Far below the newest without boot time: a restart; a newer boot always is, an older never."""
+    _, state = admit(None, 500)
+    ok, restarted = admit(state, 0)
+    assert ok
+    assert restarted == (0, 0, 0)
+    _, state = admit(None, 10, boot=100)
+    assert admit(state, 0, boot=200) == (True, (200, 0, 0))
+    assert admit(state, 11, boot=50)[0] is False
+    _, far = admit(None, 10 + WINDOW + 1, boot=100)
+    assert admit(far, 0, boot=100)[0] is False
+
+
+def test_the_same_v3_heartbeat_five_times_counts_its_statistics_once(store: AnyStore) -> None:
+    """Duplicated datagrams (same seq) add their deltas once, over ticks and in one tick."""
+    (amp,) = make_fleet(1, seed=5, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    m = _manager(store)
+    key = (amp.listeners[0].listener_id, amp.amphora_id)
+    for i in range(5):
+        m.submit(_bytes_in(amp, 1000, 3))
+        if i % 2:
+            m.step(T0 + 10 + i)
+    m.step(T0 + 20)
+    assert store.read_statistics()[key].bytes_in == 1000
+    assert m.counters["stats_replayed"] == 4
+
+
+def test_an_older_seq_adds_nothing_and_a_restart_is_counted(store: AnyStore) -> None:
+    """After seq 100, seq 99 (counted) and 100 add nothing; an agent restarted at seq 0 counts."""
+    (amp,) = make_fleet(1, seed=6, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    m = _manager(store)
+    key = (amp.listeners[0].listener_id, amp.amphora_id)
+    for seq, value in ((99, 1), (100, 10), (99, 100), (100, 1000)):
+        m.submit(_bytes_in(amp, value, seq))
+        m.step(T0 + 200)
+    assert store.read_statistics()[key].bytes_in == 11
+    m.submit(_bytes_in(amp, 10_000, 0))
+    m.step(T0 + 200)
+    assert store.read_statistics()[key].bytes_in == 10_011
+
+
+def test_the_guard_holds_across_a_manager_restart_and_two_managers(store: AnyStore) -> None:
+    """The state is in the database: a new manager (or a second one) refuses what was counted."""
+    (amp,) = make_fleet(1, seed=7, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    key = (amp.listeners[0].listener_id, amp.amphora_id)
+    first = _manager(store)
+    first.submit(_bytes_in(amp, 5, 1))
+    first.step(T0 + 5)
+    for other in (_manager(store), _manager(store)):
+        other.submit(_bytes_in(amp, 5, 1))
+        other.step(T0 + 5)
+        assert other.counters["stats_replayed"] == 1
+    assert store.read_statistics()[key].bytes_in == 5
+
+
+def test_a_write_on_a_state_another_manager_moved_is_judged_again(store: AnyStore) -> None:
+    """Two managers judge one seq against one state: the second write conflicts and re-reads."""
+    (amp,) = make_fleet(1, seed=8, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    key = (amp.listeners[0].listener_id, amp.amphora_id)
+    a, b = _manager(store), _manager(store)
+    a.submit(_bytes_in(amp, 3, 1))
+    a.step(T0 + 5)
+    # b read its views before a's next write: make its read stale by writing between.
+    views = store.read_views([amp.amphora_id])
+    a.submit(_bytes_in(amp, 3, 2))
+    a.step(T0 + 5)
+    stale_read = {amp.amphora_id: views[amp.amphora_id]}
+    b._writer.store = _StaleOnce(store, stale_read)  # type: ignore[assignment]
+    b.submit(_bytes_in(amp, 3, 2))
+    b.step(T0 + 5)
+    assert store.read_statistics()[key].bytes_in == 6
+    assert b.counters["stats_replayed"] == 1
+
+
+class _StaleOnce:
+    """A store whose first read_views answers an old result (a read before another write)."""
+
+    def __init__(self, store: AnyStore, first: Any) -> None:
+        self._store = store
+        self._first = first
+
+    def read_views(self, ids: Any) -> Any:
+        first, self._first = self._first, None
+        return first if first is not None else self._store.read_views(ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+# --- the source address -------------------------------------------------------------
+
+
+def test_same_address_takes_ipv4_mapped_ipv6_as_ipv4() -> None:
+    """::ffff:10.0.0.1 is 10.0.0.1; another address, or text that is no address, is not."""
+    assert same_address("::ffff:10.0.0.1", "10.0.0.1")
+    assert same_address("10.0.0.1", "::ffff:10.0.0.1")
+    assert same_address("fd00::1", "fd00:0::1")
+    assert not same_address("10.0.0.2", "10.0.0.1")
+    assert not same_address("not-an-ip", "10.0.0.1")
+
+
+def test_check_source_writes_nothing_for_a_heartbeat_from_another_address(
+    store: AnyStore,
+) -> None:
+    """A heartbeat for amphora B from A's address changes nothing and is counted."""
+    fleet = make_fleet(2, seed=9, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet, lb_network_ip=lambda i: f"10.0.0.{i + 1}")
+    amp_a, amp_b = fleet
+    before = store.execute("SELECT id, operating_status FROM member ORDER BY id")
+    m = _manager(store, check_source=True)
+    forged = _hb(amp_b, T0, member_status=dict.fromkeys(amp_b.pools[0].members, "DOWN"))
+    m.submit(forged, "10.0.0.1")
+    m.submit(_hb(amp_a, T0), "::ffff:10.0.0.1")
+    m.submit(_hb(amp_a, T0 + 1))  # no source known: cannot be checked
+    m.step(T0 + 2)
+    assert set(store.read_health()) == {amp_a.amphora_id}
+    assert store.execute("SELECT id, operating_status FROM member ORDER BY id") == before
+    assert m.counters["source_mismatch"] == 2
+    unchecked = _manager(store)
+    unchecked.submit(forged, "10.0.0.1")
+    unchecked.step(T0 + 3)
+    assert amp_b.amphora_id in store.read_health()
+
+
+def test_check_source_accepts_any_address_where_lb_network_ip_is_unset(store: AnyStore) -> None:
+    """No lb_network_ip stored: nothing to compare, the heartbeat is judged."""
+    (amp,) = make_fleet(1, seed=10, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    m = _manager(store, check_source=True)
+    m.submit(_hb(amp, T0), "10.9.9.9")
+    m.step(T0 + 1)
+    assert set(store.read_health()) == {amp.amphora_id}
+    assert m.counters["source_mismatch"] == 0
+
+
+# --- real manager processes ------------------------------------------------------------
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """Return a key file holding KEY."""
+    path = tmp_path / "key"
+    path.write_text(KEY + "\n", encoding="utf-8")
+    return path
+
+
+def _start(db: str, key_file: Path, *extra: str, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", db, "--bind", "127.0.0.1:0",
+         "--key-file", str(key_file), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("listening on 127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(f"manager did not start: {line!r} {proc.communicate()[1]}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def _stop(proc: subprocess.Popen[str]) -> dict[str, float]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    counters: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return counters
+
+
+def _failover_command(log: Path) -> list[str]:
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+    return ["--failover-command", f"{sys.executable} -c {script!r} {log}"]
+
+
+@pytest.fixture
+def sender() -> Iterator[socket.socket]:
+    """Yield a UDP socket to send heartbeats from 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        yield sock
+
+
+def test_a_poison_heartbeat_stalls_neither_writes_nor_failover_in_a_manager_process(
+    db_url: str, key_file: Path, tmp_path: Path, sender: socket.socket
+) -> None:
+    """Signed heartbeats the database refuses each round: live rows advance, the dead fail over."""
+    s = open_store(db_url)
+    s.create_schema()
+    fleet = make_fleet(6, seed=11, listeners=1, pools=1, members=1)
+    s.add_fleet(fleet)
+    poison, dead, live = fleet[0], fleet[1], fleet[2:]
+    lid = poison.listeners[0].listener_id
+    s.execute(
+        "INSERT INTO listener_statistics (listener_id, amphora_id, bytes_in, bytes_out,"
+        " active_connections, total_connections, request_errors) VALUES (?, ?, 1, 0, 0, 0, 0)",
+        (lid, poison.amphora_id),
+    )
+    log = tmp_path / "failovers"
+    log.touch()
+    options = ["--heartbeat-timeout", "1.5", "--health-check-interval", "0.1", "--tick", "0.05"]
+    proc, port = _start(db_url, key_file, *options, *_failover_command(log))
+    stats = {lid: ListenerStats(BIG, 0, 0, 0, 0)}
+    seq = 0
+    try:
+
+        def send_round(amphorae: list[AmphoraSpec]) -> None:
+            nonlocal seq
+            seq += 1
+            sender.sendto(
+                wrap_envelope(poison.message(seq=seq, stats=stats), KEY), ("127.0.0.1", port)
+            )
+            for amp in amphorae:
+                sender.sendto(wrap_envelope(amp.message(seq=seq), KEY), ("127.0.0.1", port))
+            time.sleep(0.1)
+
+        _wait(lambda: (send_round([dead, *live]), dead.amphora_id in s.read_health())[1])
+        heard = time.time()
+        _wait(
+            lambda: (send_round(live), log.read_text().split() == [dead.amphora_id])[1],
+            what="the dead amphora failed over",
+        )
+        _wait(
+            lambda: (
+                send_round(live),
+                all(s.read_health()[a.amphora_id][0] > heard + 1 for a in live),
+            )[1],
+            what="live rows moving on",
+        )
+    finally:
+        counters = _stop(proc)
+    assert log.read_text().split() == [dead.amphora_id]
+    assert counters["poison_heartbeats"] >= 2
+    assert s.read_statistics()[(lid, poison.amphora_id)].bytes_in == 1
+    s.close()
+
+
+def test_duplicates_sent_to_two_manager_processes_add_once(
+    db_url: str, key_file: Path, sender: socket.socket
+) -> None:
+    """The same v3 datagram 5 times to each of two managers on one database: bytes_in once."""
+    s = open_store(db_url)
+    s.create_schema()
+    (amp,) = make_fleet(1, seed=12, listeners=1, pools=1, members=1)
+    s.add_fleet([amp])
+    key = (amp.listeners[0].listener_id, amp.amphora_id)
+    managers = [_start(db_url, key_file, "--tick", "0.02") for _ in range(2)]
+    try:
+        for seq in (1, 2):
+            datagram = wrap_envelope(
+                amp.message(seq=seq, stats={key[0]: ListenerStats(1000, 0, 0, 1, 0)}), KEY
+            )
+            for _ in range(5):
+                for _, port in managers:
+                    sender.sendto(datagram, ("127.0.0.1", port))
+            _wait(lambda seq=seq: _total_connections(s, key) == seq, what=f"seq {seq} counted")
+    finally:
+        counters = [_stop(proc) for proc, _ in managers]
+    assert sum(c["accepted"] for c in counters) == 20
+    assert sum(c["heartbeats_judged"] for c in counters) == 20
+    assert s.read_statistics()[key].bytes_in == 2000
+    assert sum(c["stats_replayed"] for c in counters) == 18
+    s.close()
+
+
+def _total_connections(s: AnyStore, key: tuple[str, str]) -> int:
+    row = s.read_statistics().get(key)
+    return -1 if row is None else row.total_connections
+
+
+def test_store_error_subclasses_say_whether_retrying_may_help() -> None:
+    """A plain StoreError is transient; a StoreDataError is not."""
+    assert StoreError("away").transient is True
+    assert StoreDataError("bad").transient is False
