@@ -241,7 +241,10 @@ def test_statistics_of_listeners_not_of_the_load_balancer_are_not_stored(
     store.add_fleet([amp])
     message = amp.message(version=2)
     for i in range(20):
-        message["listeners"][f"invented-{i}"] = {"status": "OPEN", "stats": ListenerStats(5).to_wire()}
+        message["listeners"][f"invented-{i}"] = {
+            "status": "OPEN",
+            "stats": ListenerStats(5).to_wire(),
+        }
     m = _manager(store)
     m.submit(Heartbeat.from_dict(message, recv_time=T0))
     m.step(T0)

@@ -461,3 +461,23 @@ def test_store_error_subclasses_say_whether_retrying_may_help() -> None:
     """A plain StoreError is transient; a StoreDataError is not."""
     assert StoreError("away").transient is True
     assert StoreDataError("bad").transient is False
+
+
+def test_check_source_option_of_the_manager_process(
+    db_url: str, key_file: Path, sender: socket.socket
+) -> None:
+    """`manager --check-source`: from 127.0.0.1 for the amphora at 127.0.0.2, nothing written."""
+    s = open_store(db_url)
+    s.create_schema()
+    fleet = make_fleet(2, seed=13, listeners=1, pools=1, members=1)
+    s.add_fleet(fleet, lb_network_ip=lambda i: f"127.0.0.{i + 1}")
+    proc, port = _start(db_url, key_file, "--tick", "0.02", "--check-source")
+    try:
+        for amp in reversed(fleet):
+            sender.sendto(wrap_envelope(amp.message(), KEY), ("127.0.0.1", port))
+        _wait(lambda: fleet[0].amphora_id in s.read_health(), what="the true one recorded")
+    finally:
+        counters = _stop(proc)
+    assert set(s.read_health()) == {fleet[0].amphora_id}
+    assert counters["source_mismatch"] == 1
+    s.close()

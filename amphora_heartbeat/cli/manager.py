@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bind with SO_REUSEPORT (what each of several --workers does); default off",
     )
     parser.add_argument(
+        "--check-source",
+        action="store_true",
+        help="ignore heartbeats not sent from their amphora's lb_network_ip (recommended)",
+    )
+    parser.add_argument(
         "--sock-rlimit",
         type=argtype(parse_count, "bytes", minimum=0),  # SO_RCVBUF is a C int
         default=0,
@@ -149,6 +154,7 @@ def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
         failover=failover,
         failover_threads=args.failover_threads,
         tick=args.tick,
+        check_source=args.check_source,
     )
 
     def on_signal(signum: int, frame: object) -> None:
