@@ -357,7 +357,10 @@ def test_a_stale_amphora_is_failed_over_once_and_its_row_deleted(store: AnyStore
 
 
 def test_a_failed_failover_clears_busy_and_is_retried(store: AnyStore) -> None:
-    """A failover that raises is counted, its busy flag cleared, and it runs again."""
+    """A failover that raises is counted, its busy flag cleared, and it runs again.
+
+    The claim stamped last_update, so the retry comes a timeout after it.
+    """
     ids, _ = _reporting(store, 1, 21, T0)
     calls = Failovers(fail=ids)
     m = _manager(store, heartbeat_timeout=10, health_check_interval=1, failover=calls)
@@ -366,8 +369,10 @@ def test_a_failed_failover_clears_busy_and_is_retried(store: AnyStore) -> None:
     assert store.read_health()[ids[0]][1] is False
     assert m.counters["failovers_failed"] == 1
     calls.fail.clear()
-    m.step(T0 + 12)
-    _finish(m, T0 + 12.5)
+    m.step(T0 + 20)
+    assert calls.calls == ids
+    m.step(T0 + 21.5)
+    _finish(m, T0 + 22)
     assert calls.calls == ids * 2
     assert store.read_health() == {}
     m.close()

@@ -11,6 +11,7 @@ processes run the manager as a real process.
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import socket
@@ -332,7 +333,14 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-def _start(db: str, key_file: Path, *extra: str, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+def _start(
+    db: str,
+    key_file: Path,
+    *extra: str,
+    waiting: Callable[[], object] = lambda: None,
+    **popen: Any,
+) -> tuple[subprocess.Popen[str], int]:
+    """Start a manager process; call ``waiting()`` until it says it listens."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", db, "--bind", "127.0.0.1:0",
          "--key-file", str(key_file), *extra],
@@ -342,8 +350,11 @@ def _start(db: str, key_file: Path, *extra: str, **popen: Any) -> tuple[subproce
         **popen,
     )  # fmt: skip
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
+    deadline = time.monotonic() + 60
+    while not select.select([proc.stdout], [], [], 0)[0] and time.monotonic() < deadline:
+        waiting()
+        select.select([proc.stdout], [], [], 0.05)
+    line = proc.stdout.readline() if select.select([proc.stdout], [], [], 0)[0] else ""
     if not line.startswith("listening on 127.0.0.1:"):
         proc.kill()
         raise AssertionError(f"manager did not start: {line!r} {proc.communicate()[1]}")
@@ -480,4 +491,99 @@ def test_check_source_option_of_the_manager_process(
         counters = _stop(proc)
     assert set(s.read_health()) == {fleet[0].amphora_id}
     assert counters["source_mismatch"] == 1
+    s.close()
+
+
+# A failover command standing in for Octavia's: it marks the amphora DELETED when
+# done.  Under a manager started with SLOW_BEFORE it hangs before finishing for the
+# ids listed there, and after finishing for the others (killed either way).
+_FAILOVER_SCRIPT = """
+import os, sys, time
+from amphora_heartbeat.store import open_store
+log, db, amphora_id = sys.argv[1:4]
+def note(what):
+    with open(log, "a") as f:
+        f.write(f"{what} {amphora_id} {os.getppid()}\\n")
+note("start")
+slow = os.environ.get("SLOW_BEFORE")
+if slow is not None and amphora_id in slow.split(","):
+    time.sleep(600)
+s = open_store(db)
+s.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [amphora_id])
+s.close()
+note("done")
+if slow is not None:
+    time.sleep(600)
+"""
+
+
+def test_a_manager_killed_mid_failover_leaves_no_amphora_busy_nor_failed_over_twice(
+    db_url: str, key_file: Path, tmp_path: Path, sender: socket.socket
+) -> None:
+    """A manager group SIGKILLed mid-failover: claims expire; each failed over once, none busy."""
+    s = open_store(db_url)
+    s.create_schema()
+    fleet = make_fleet(8, seed=14, listeners=1, pools=1, members=1)
+    s.add_fleet(fleet)
+    silent, live = fleet[:4], fleet[4:]
+    hanging = sorted(a.amphora_id for a in silent)[:2]
+    script = tmp_path / "failover.py"
+    script.write_text(_FAILOVER_SCRIPT, encoding="utf-8")
+    log = tmp_path / "failovers"
+    log.touch()
+    options = ["--heartbeat-timeout", "1.5", "--health-check-interval", "0.1", "--tick", "0.05",
+               "--failover-timeout", "8",
+               "--failover-command", f"{sys.executable} {script} {log} {db_url}"]  # fmt: skip
+    env = {**os.environ, "SLOW_BEFORE": ",".join(hanging)}
+    first, port = _start(db_url, key_file, *options, start_new_session=True, env=env)
+    ports = [port]
+    seq = 0
+
+    def send_round(amphorae: list[AmphoraSpec]) -> None:
+        nonlocal seq
+        for amp in amphorae:
+            seq += 1
+            sender.sendto(
+                wrap_envelope(amp.message(seq=seq), KEY), ("127.0.0.1", ports[seq % len(ports)])
+            )
+        time.sleep(0.1)
+
+    def lines(what: str) -> list[str]:
+        return sorted(w[1] for w in map(str.split, log.read_text().splitlines()) if w[0] == what)
+
+    others: list[subprocess.Popen[str]] = []
+    try:
+        _wait(lambda: (send_round(fleet), len(s.read_health()) == 8)[1], what="all heard")
+        silent_ids = sorted(a.amphora_id for a in silent)
+        _wait(
+            lambda: (send_round(live), lines("start") == silent_ids and len(lines("done")) == 2)[1],
+            what="every silent amphora claimed by the first manager",
+        )
+        for _ in range(2):  # the live ones keep talking while the others start
+            proc, other_port = _start(db_url, key_file, *options, waiting=lambda: send_round(live))
+            others.append(proc)
+            ports.append(other_port)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+        ports.remove(port)
+        _wait(
+            lambda: (send_round(live), lines("done") == silent_ids)[1],
+            timeout=60,
+            what="the hanging failovers taken over",
+        )
+        _wait(
+            lambda: (send_round(live), set(s.read_health()) == {a.amphora_id for a in live})[1],
+            what="the rows of the amphorae failed over cleared",
+        )
+        for _ in range(10):
+            send_round(live)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        counters = [_stop(proc) for proc in others]
+    assert lines("done") == silent_ids  # each exactly once
+    assert lines("start") == sorted(silent_ids + hanging)
+    assert not any(busy for _, busy in s.read_health().values())
+    assert sum(c["failovers_succeeded"] for c in counters) == 2
+    assert sum(c["claims_cleared"] for c in counters) == 2
     s.close()

@@ -335,9 +335,9 @@ def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> 
 def test_claim_failovers_marks_each_amphora_busy_once(store: AnyStore) -> None:
     """A claim marks stale amphorae busy; a second claim of the same ids gets none."""
     ids = _fleet_with_health(store, [100, 100, 10])
-    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
-    assert store.claim_failovers(ids, NOW - 60) == []
-    assert store.claim_failovers([], NOW - 60) == []
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == sorted(ids[:2])
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == []
+    assert store.claim_failovers([], NOW - 60, now=NOW) == []
     assert {a for a, (_, busy) in store.read_health().items() if busy} == set(ids[:2])
     assert store.stale_amphorae(NOW - 60) == {}
 
@@ -353,18 +353,44 @@ def test_claim_failovers_skips_load_balancers_not_active_or_error(store: AnyStor
             "UPDATE load_balancer SET provisioning_status = ? WHERE id = ?",
             [status, amp.load_balancer_id],
         )
-    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == sorted(ids[:2])
     assert list(store.stale_amphorae(NOW - 60)) == [ids[2]]
 
 
 def test_finish_failover_deletes_the_row_or_clears_busy(store: AnyStore) -> None:
     """Success deletes amphora_health (as Octavia does); failure clears busy for a retry."""
     ids = _fleet_with_health(store, [100, 100])
-    store.claim_failovers(ids, NOW - 60)
+    store.claim_failovers(ids, NOW - 60, now=NOW)
     store.finish_failover(ids[0], succeeded=True)
     store.finish_failover(ids[1], succeeded=False)
-    assert store.read_health() == {ids[1]: (NOW - 100, False)}
-    assert list(store.stale_amphorae(NOW - 60)) == [ids[1]]
+    assert store.read_health() == {ids[1]: (NOW, False)}
+    # Retried once a timeout has passed since the claim.
+    assert list(store.stale_amphorae(NOW + 1)) == [ids[1]]
+
+
+def test_an_expired_claim_is_a_candidate_again_and_may_be_taken_over(store: AnyStore) -> None:
+    """A claim stamps last_update; busy and older than the lease: stale again, claimable."""
+    ids = _fleet_with_health(store, [200, 200])
+    assert store.claim_failovers(ids, NOW - 150, now=NOW - 100) == sorted(ids)
+    assert {a: t for a, (t, _) in store.read_health().items()} == dict.fromkeys(ids, NOW - 100)
+    assert store.stale_amphorae(NOW - 60) == {}
+    assert store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 110) == {}
+    assert list(store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 90)) == sorted(ids)
+    assert store.claim_failovers(ids[:1], NOW - 60, now=NOW, lease_cutoff=NOW - 110) == []
+    assert store.claim_failovers(ids[:1], NOW - 60, now=NOW, lease_cutoff=NOW - 90) == ids[:1]
+    assert store.read_health()[ids[0]] == (NOW, True)
+    assert list(store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 90)) == [ids[1]]
+
+
+def test_clear_expired_claims_deletes_only_rows_of_amphorae_gone(store: AnyStore) -> None:
+    """An expired claim of a DELETED amphora: row deleted; of an ALLOCATED one, or fresh: kept."""
+    ids = _fleet_with_health(store, [200, 200, 200, 200])
+    store.claim_failovers(ids[:3], NOW - 150, now=NOW - 100)
+    for amphora_id in (ids[0], ids[2], ids[3]):
+        store.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [amphora_id])
+    assert store.clear_expired_claims(NOW - 110) == 0
+    assert store.clear_expired_claims(NOW - 90) == 2
+    assert set(store.read_health()) == {ids[1], ids[3]}
 
 
 @pytest.mark.postgres
@@ -383,7 +409,7 @@ def test_concurrent_claims_on_postgresql_split_the_stale_amphorae(pg_dsn: str) -
         barrier.wait()
         got: list[str] = []
         for i in range(0, len(ids), 10):
-            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60)
+            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60, now=NOW)
         claimed.append(got)
         s.close()
 
@@ -588,3 +614,11 @@ def test_postgresql_json_views_equal_the_portable_statement(pg_dsn: str) -> None
         udp.listeners[1].listener_id,
     }
     s.close()
+
+
+def test_a_heartbeat_after_a_claim_clears_busy_and_an_older_one_does_not(store: AnyStore) -> None:
+    """An amphora heard after its claim is alive: busy cleared; a heartbeat from before: kept."""
+    ids = _fleet_with_health(store, [200, 200])
+    store.claim_failovers(ids, NOW - 150, now=NOW - 100)
+    store.write_tick(TickWrite(now=NOW, health={ids[0]: NOW - 99, ids[1]: NOW - 101}))
+    assert store.read_health() == {ids[0]: (NOW - 99, False), ids[1]: (NOW - 100, True)}

@@ -13,7 +13,7 @@ from ..getter import UDPStatusGetter
 from ..manager import FailoverCommand, HealthManager, TickReport, tune_gc
 from ..options import OptionError, parse_address, parse_count
 from ..store import Store, StoreError
-from .common import add_options, argtype, count, database, load_key, open_database
+from .common import add_options, argtype, count, database, load_key, open_database, seconds
 from .status import StatusLine, add_status_options
 from .workers import supervise
 
@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CMD",
         help="run CMD AMPHORA_ID for each stale amphora (exit 0: done; else retried); "
         "default none (failover only logged)",
+    )
+    parser.add_argument(
+        "--failover-timeout",
+        type=seconds,
+        default=600.0,
+        metavar="S",
+        help="kill a failover command after S seconds; a claim older than"
+        " heartbeat timeout + S is taken over; default %(default)s",
     )
     add_options(parser, "heartbeat-timeout", "heartbeat-interval", "health-check-interval", "tick")
     parser.add_argument(
@@ -71,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check-source",
         action="store_true",
-        help="ignore heartbeats not sent from their amphora's lb_network_ip (recommended)",
+        help="ignore heartbeats not sent from their amphora's lb_network_ip; default off"
+        " (on is recommended)",
     )
     parser.add_argument(
         "--sock-rlimit",
@@ -143,7 +152,11 @@ def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
     getter = UDPStatusGetter(
         key, ip, port, timeout=0.2, rcvbuf=args.sock_rlimit or None, reuse_port=args.reuse_port
     )
-    failover = FailoverCommand(args.failover_command) if args.failover_command else None
+    failover = (
+        FailoverCommand(args.failover_command, timeout=args.failover_timeout)
+        if args.failover_command
+        else None
+    )
     manager = _Reporting(
         getter,
         store,
@@ -153,6 +166,7 @@ def _run(args: argparse.Namespace, key: KeyRing, ip: str, port: int) -> int:
         failover_threshold=args.failover_threshold,
         failover=failover,
         failover_threads=args.failover_threads,
+        failover_timeout=args.failover_timeout,
         tick=args.tick,
         check_source=args.check_source,
     )

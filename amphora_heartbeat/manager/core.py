@@ -83,6 +83,7 @@ _COUNTERS = (
     "failovers_held_back",
     "failovers_waiting",
     "failovers_held_overloaded",
+    "claims_cleared",
     "stale_not_failed_over",
     "socket_drops",
     "overloads",
@@ -135,6 +136,11 @@ class HealthManager:
         raising means it failed (``busy`` is cleared, so it is retried).  None:
         stale amphorae are logged and counted, nothing is marked busy.
     :param failover_threads: most failovers running at once.
+    :param failover_timeout: most seconds a failover runs (a
+        :class:`FailoverCommand` is killed then).  A claim older than
+        ``heartbeat_timeout + failover_timeout`` belongs to a manager that died:
+        another takes it over (or, if the amphora left ``ALLOCATED``, only
+        clears its health row).
     :param tick: seconds between ticks of :meth:`run`.
     :param max_batch: most heartbeats judged in one tick (the rest wait for the next).
     :param max_backlog: most heartbeats kept while the store is failing; the
@@ -159,6 +165,7 @@ class HealthManager:
         failover_threshold: int | None = None,
         failover: Failover | None = None,
         failover_threads: int = 10,
+        failover_timeout: float = 600.0,
         tick: float = 0.1,
         max_batch: int = 20_000,
         max_backlog: int = 1_000_000,
@@ -168,6 +175,8 @@ class HealthManager:
     ) -> None:
         if heartbeat_timeout <= 0 or health_check_interval <= 0 or tick <= 0:
             raise ValueError("heartbeat_timeout, health_check_interval and tick must be positive")
+        if failover_timeout <= 0:
+            raise ValueError("failover_timeout must be positive")
         if failover_threshold is not None and failover_threshold < 1:
             raise ValueError("failover_threshold must be None or at least 1")
         if failover_threads < 1 or max_batch < 1 or max_backlog < 1:
@@ -178,6 +187,8 @@ class HealthManager:
         self.heartbeat_timeout = heartbeat_timeout
         self.health_check_interval = health_check_interval
         self.failover_threshold = failover_threshold
+        #: Seconds after which another manager's unfinished claim may be taken over.
+        self.failover_lease = heartbeat_timeout + failover_timeout
         self.tick = tick
         self.started = started
         self.clock = clock
@@ -319,18 +330,25 @@ class HealthManager:
         if now < self._retry_at:
             return
         cutoff = now - self.heartbeat_timeout
+        lease_cutoff = now - self.failover_lease
         try:
-            candidates = self.store.stale_amphorae(cutoff)
+            cleared = self.store.clear_expired_claims(lease_cutoff)
+            if cleared:
+                self._counts["claims_cleared"] += cleared
+                log.warning("cleared %d expired failover claims of amphorae gone", cleared)
+            candidates = self.store.stale_amphorae(cutoff, lease_cutoff)
             if candidates:
                 # A heartbeat received but not committed yet (the manager is behind)
                 # counts: a slow database must not fail a live amphora over.
                 pending = self._backlog.pending_since(cutoff)
                 candidates = {a: s for a, s in candidates.items() if a not in pending}
-            self._judge_stale(candidates, now, cutoff)
+            self._judge_stale(candidates, now, cutoff, lease_cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
 
-    def _judge_stale(self, candidates: Mapping[str, str], now: float, cutoff: float) -> None:
+    def _judge_stale(
+        self, candidates: Mapping[str, str], now: float, cutoff: float, lease_cutoff: float
+    ) -> None:
         """Apply the failover policy to the stale ``candidates`` (amphora id to status)."""
         held = {a for a, status in candidates.items() if status == "FAILOVER_STOPPED"}
         order = list(candidates)
@@ -354,7 +372,9 @@ class HealthManager:
         # Log each stale amphora once per silence (it may report and fall silent again).
         self._failovers.keep_unhandled(decision.failover)
         if decision.failover:
-            self._failovers.start(self.store, decision.failover, cutoff)
+            self._failovers.start(
+                self.store, decision.failover, cutoff, now=now, lease_cutoff=lease_cutoff
+            )
 
     def _stop_storm(self, stopped: Sequence[str]) -> None:
         newly = self.store.stop_failovers(stopped, self.clock())

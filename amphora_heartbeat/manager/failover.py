@@ -70,17 +70,24 @@ class FailoverRunner:
         """Forget the unhandled amphorae no longer stale (each silence is logged once)."""
         self._unhandled.intersection_update(stale)
 
-    def start(self, store: Store, stale: Sequence[str], cutoff: float) -> None:
-        """Claim as many of ``stale`` as threads are free, and start their failovers."""
+    def start(
+        self, store: Store, stale: Sequence[str], cutoff: float, *, now: float, lease_cutoff: float
+    ) -> None:
+        """Claim as many of ``stale`` as threads are free, and start their failovers.
+
+        A claim is a lease stamped ``now``; one made before ``lease_cutoff`` by a
+        manager that never finished may be taken over (never one running here).
+        """
         if self.failover is None:
             self._log_unhandled(stale)
             return
+        stale = [a for a in stale if a not in self.running]
         free = self.threads - len(self.running)
         if free <= 0:
             self.counts["failovers_waiting"] += len(stale)
             return
         # Claim only what can start now: a claimed amphora is busy until done.
-        claimed = store.claim_failovers(stale[:free], cutoff)
+        claimed = store.claim_failovers(stale[:free], cutoff, now=now, lease_cutoff=lease_cutoff)
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.threads, thread_name_prefix="amphora-failover"

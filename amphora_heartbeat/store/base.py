@@ -70,11 +70,18 @@ _VIEW_SQL = (
     f" WHERE a.id {{ids}} AND {LIVE}"
 )
 
+# last_update never moves backwards.  A heartbeat received after the row's last
+# update (a claim stamps it) also clears busy: an amphora heard after its claim is
+# alive, so a claim left by a manager that died ends there (a running failover is
+# not stopped; the load balancer's PENDING_UPDATE keeps others from a second one).
+# Both CASEs read the row as it was (SQLite and PostgreSQL evaluate SET so).
 HEALTH_UPSERT = (
     "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
     " ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE"
     " WHEN excluded.last_update > amphora_health.last_update THEN excluded.last_update"
-    " ELSE amphora_health.last_update END"
+    " ELSE amphora_health.last_update END, busy = CASE"
+    " WHEN excluded.last_update > amphora_health.last_update THEN false"
+    " ELSE amphora_health.busy END"
 )
 _STATS_COLUMNS = "bytes_in, bytes_out, active_connections, total_connections, request_errors"
 # A sum beyond the BIGINT column is NULL, which its NOT NULL refuses: the same data
@@ -114,17 +121,21 @@ _STOP = (
     "UPDATE amphora SET status = 'FAILOVER_STOPPED', updated_at = ?"
     " WHERE id = ? AND status = 'ALLOCATED'"
 )
+# A claim is a lease: claiming sets last_update to the claim time, so a busy row
+# whose last_update is older than the lease was claimed by a manager that never
+# finished (it died): it is a candidate again.  The two ? are the stale cutoff and
+# the lease cutoff.
 _ELIGIBLE = (
     "FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
     " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    " WHERE h.busy = false AND h.last_update < ?"
+    " WHERE ((h.busy = false AND h.last_update < ?) OR (h.busy = true AND h.last_update < ?))"
     " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
 )
 _STALE = "SELECT h.amphora_id, a.status " + _ELIGIBLE + " ORDER BY h.amphora_id"
 # {lock} is the engine's row-lock clause: with several managers each stale row
 # is claimed (marked busy) by exactly one of them.
 _CLAIM = (
-    "UPDATE amphora_health SET busy = true WHERE amphora_id IN ("
+    "UPDATE amphora_health SET busy = true, last_update = ? WHERE amphora_id IN ("
     "SELECT h.amphora_id " + _ELIGIBLE + " AND h.amphora_id {ids}"
     " AND lb.provisioning_status IN ('ACTIVE', 'ERROR') {lock})"
     " RETURNING amphora_id"
@@ -142,6 +153,18 @@ def storable_id(value: str) -> bool:
     (not encodable), nothing longer than the column.
     """
     return len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+# An expired claim of an amphora no longer eligible (Octavia's failover flow marks
+# the failed amphora DELETED when it completes): the flow finished, only the row
+# is left to clear, never a second failover.
+_EXPIRED = (
+    "DELETE FROM amphora_health WHERE busy = true AND last_update < ? AND NOT EXISTS ("
+    "SELECT 1 FROM amphora a WHERE a.id = amphora_health.amphora_id"
+    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED'))"
+)
+# The lease cutoff when no lease is asked for: no claim ever expires.
+_NEVER = 0.0
 
 
 class StoreError(Exception):
@@ -257,12 +280,26 @@ class Store(Protocol):
         """Write one tick in one transaction; return the number of rows written."""
         ...
 
-    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
-        """Return eligible amphorae (to their status) not busy, last heard before ``cutoff``."""
+    def stale_amphorae(self, cutoff: float, lease_cutoff: float | None = None) -> dict[str, str]:
+        """Return eligible amphorae (to their status) last heard before ``cutoff``.
+
+        Not busy, or busy with a claim made before ``lease_cutoff`` (None: none expires).
+        """
         ...
 
-    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
-        """Mark busy those of ``amphora_ids`` still stale at ``cutoff``; return them."""
+    def claim_failovers(
+        self,
+        amphora_ids: Collection[str],
+        cutoff: float,
+        *,
+        now: float,
+        lease_cutoff: float | None = None,
+    ) -> list[str]:
+        """Mark busy those of ``amphora_ids`` still candidates, stamped ``now``; return them."""
+        ...
+
+    def clear_expired_claims(self, lease_cutoff: float) -> int:
+        """Delete health rows whose claim expired before ``lease_cutoff`` and whose amphora left."""
         ...
 
     def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
@@ -504,32 +541,59 @@ class SQLStore:
             cur.executemany(self._sql(STATS_ADD if add else STATS_REPLACE), rows)
         return len(upserts)
 
-    def stale_amphorae(self, cutoff: float) -> dict[str, str]:
+    def stale_amphorae(self, cutoff: float, lease_cutoff: float | None = None) -> dict[str, str]:
         """Return the failover candidates at ``cutoff`` (seconds since the epoch).
 
         Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
-        of a load balancer, not busy, whose ``last_update`` is before ``cutoff``;
+        of a load balancer, whose ``last_update`` is before ``cutoff`` and which
+        are not busy, or busy with a claim older than ``lease_cutoff`` (the
+        manager that claimed it never finished; None: claims never expire);
         mapped to their status, sorted by id.  Rows of other managers count too:
         the database holds them all.
         """
+        lease = _NEVER if lease_cutoff is None else min(lease_cutoff, cutoff)
         with self._reading() as cur:
-            cur.execute(self._sql(_STALE), (self._time(cutoff),))
+            cur.execute(self._sql(_STALE), (self._time(cutoff), self._time(lease)))
             return {row[0]: row[1] for row in cur.fetchall()}
 
-    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
+    def claim_failovers(
+        self,
+        amphora_ids: Collection[str],
+        cutoff: float,
+        *,
+        now: float,
+        lease_cutoff: float | None = None,
+    ) -> list[str]:
         """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
 
-        Only amphorae whose load balancer is ``ACTIVE`` or ``ERROR`` are claimed
-        (a failover moves it to ``PENDING_UPDATE``; any other status means
-        someone else is changing it: the amphora waits for the next check).  With
-        several managers each amphora is claimed by exactly one.
+        The claim is a lease: ``last_update`` is set to ``now`` (seconds since
+        the epoch), so a claim whose manager dies expires (see
+        :meth:`stale_amphorae`).  Only amphorae whose load balancer is ``ACTIVE``
+        or ``ERROR`` are claimed (a failover moves it to ``PENDING_UPDATE``; any
+        other status means someone else is changing it: the amphora waits for
+        the next check).  With several managers each amphora is claimed by
+        exactly one.
         """
         if not amphora_ids:
             return []
+        lease = _NEVER if lease_cutoff is None else min(lease_cutoff, cutoff)
         statement = self._sql(_CLAIM.format(ids=self._IDS, lock=self._LOCK))
+        params = (self._time(now), self._time(cutoff), self._time(lease))
         with self._transaction() as cur:
-            cur.execute(statement, (self._time(cutoff), self._id_set(sorted(amphora_ids))))
+            cur.execute(statement, (*params, self._id_set(sorted(amphora_ids))))
             return sorted(row[0] for row in cur.fetchall())
+
+    def clear_expired_claims(self, lease_cutoff: float) -> int:
+        """Delete the busy rows claimed before ``lease_cutoff`` whose amphora left.
+
+        An amphora no longer ``ALLOCATED`` or ``FAILOVER_STOPPED`` (Octavia's
+        failover marks it ``DELETED`` when done) whose claim expired was failed
+        over by a manager that died before recording it: its health row is
+        deleted, as that manager would have done.  Return how many.
+        """
+        with self._transaction() as cur:
+            cur.execute(self._sql(_EXPIRED), (self._time(lease_cutoff),))
+            return max(int(cur.rowcount), 0)
 
     def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
         """Mark the ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``.
