@@ -25,7 +25,7 @@ from typing import Any
 import _pg
 import pytest
 
-from amphora_heartbeat.envelope import wrap_envelope
+from amphora_heartbeat.envelope import Codec, wrap_envelope
 from amphora_heartbeat.manager import HealthManager
 from amphora_heartbeat.manager.judge import same_address
 from amphora_heartbeat.manager.replay import WINDOW, admit
@@ -587,3 +587,93 @@ def test_a_manager_killed_mid_failover_leaves_no_amphora_busy_nor_failed_over_tw
     assert sum(c["failovers_succeeded"] for c in counters) == 2
     assert sum(c["claims_cleared"] for c in counters) == 2
     s.close()
+
+
+# --- memory ---------------------------------------------------------------------------
+
+
+def _big_heartbeat(amp: AmphoraSpec, seq: int, members: int) -> bytes:
+    """Return a signed zstd heartbeat of ``amp`` with ``members`` members, 8,000 per pool."""
+    message = amp.message(seq=seq)
+    listener = amp.listeners[0].listener_id
+    for p in range(0, members, 8000):
+        names = {f"m{seq}-{i}": "UP" for i in range(p, min(p + 8000, members))}
+        message["pools"][f"p{p}:{listener}"] = {"status": "UP", "members": names}
+    return wrap_envelope(message, KEY, codec=Codec.ZSTD)
+
+
+def _rx_queue(port: int) -> int:
+    """Return the bytes waiting in the receive queue of the UDP socket bound to ``port``."""
+    with open("/proc/net/udp", encoding="ascii") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_manager_process_holds_its_backlog_in_bounded_memory(
+    tmp_path: Path, key_file: Path, sender: socket.socket
+) -> None:
+    """Store locked, 150 signed 40,000-member heartbeats: the manager's peak RSS stays bounded."""
+    import sqlite3
+
+    db = tmp_path / "h.db"
+    s = SQLiteStore(str(db))
+    s.create_schema()
+    (amp,) = make_fleet(1, seed=15, listeners=1, pools=1, members=1)
+    s.add_fleet([amp])
+    proc, port = _start(f"sqlite:///{db}", key_file, "--tick", "0.05")
+    lock = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        sender.sendto(_big_heartbeat(amp, 0, 40_000), ("127.0.0.1", port))
+        _wait(lambda: _rx_queue(port) == 0, what="the first big heartbeat read")
+        baseline = _status_kib(proc.pid, "VmRSS")
+        for seq in range(1, 151):
+            sender.sendto(_big_heartbeat(amp, seq, 40_000), ("127.0.0.1", port))
+            if seq % 5 == 0:
+                _wait(lambda: _rx_queue(port) == 0, what="the socket drained")
+        peak = _status_kib(proc.pid, "VmHWM")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        lock.execute("ROLLBACK")
+        lock.close()
+        out, _ = proc.communicate(timeout=60)
+    counters = json.loads(out.strip().splitlines()[-1])
+    growth_mib = (peak - baseline) / 1024
+    print(f"RSS growth {growth_mib:.0f} MiB from {baseline / 1024:.0f} MiB")
+    assert counters["accepted"] > 140
+    assert counters["dropped"] > 50
+    # 2,000,000 items of about 95 bytes each: 190 MiB, and a margin.
+    assert growth_mib < 300
+    s.close()
+
+
+def test_the_backlog_refuses_what_exceeds_its_items_and_oversized_heartbeats(
+    store: AnyStore,
+) -> None:
+    """Past max_backlog_items a heartbeat is refused (dropped); past its own bound, oversized."""
+    fleet = make_fleet(4, seed=16, listeners=1, pools=1, members=2)
+    store.add_fleet(fleet)
+    one = 2 + 4 * 2 + 8  # two members, one pool, one listener
+    m = _manager(store, max_backlog_items=3 * one, max_heartbeat_items=one)
+    for amp in fleet:
+        m.submit(_hb(amp, T0))
+    big = fleet[0].message()
+    big["pools"][next(iter(big["pools"]))]["members"]["extra"] = "UP"
+    m.submit(Heartbeat.from_dict(big, recv_time=T0))
+    assert m.counters["backlog_items"] == 3 * one
+    assert m.counters["dropped"] == 1
+    assert m.counters["oversized_heartbeats"] == 1
+    m.step(T0 + 1)
+    assert m.counters["backlog_items"] == 0
+    assert len(store.read_health()) == 3

@@ -77,6 +77,7 @@ _COUNTERS = (
     "stats_replayed",
     "stats_unknown_listener",
     "dropped",
+    "oversized_heartbeats",
     "failovers_started",
     "failovers_succeeded",
     "failovers_failed",
@@ -145,6 +146,15 @@ class HealthManager:
     :param max_batch: most heartbeats judged in one tick (the rest wait for the next).
     :param max_backlog: most heartbeats kept while the store is failing; the
         oldest beyond it are dropped (and counted).
+    :param max_backlog_items: most items (see
+        :func:`~amphora_heartbeat.manager.judge.items`: about 130 bytes each at
+        most) held received and not yet committed; a heartbeat beyond it is
+        refused on arrival (counted ``dropped``).  The default bounds the
+        backlog to about 250 MiB.
+    :param max_heartbeat_items: the largest heartbeat accepted, in items; a
+        bigger one is refused (counted ``oversized_heartbeats``).  The default
+        is above any heartbeat of UUID-named members that fits the 1 MiB
+        decompressed limit (about 24,000 members).
     :param started: the start of the start-up grace, seconds since the epoch;
         None: the first :meth:`step`'s ``now``.
     :param clock: the wall clock :meth:`run` and commit times use.
@@ -169,6 +179,8 @@ class HealthManager:
         tick: float = 0.1,
         max_batch: int = 20_000,
         max_backlog: int = 1_000_000,
+        max_backlog_items: int = 2_000_000,
+        max_heartbeat_items: int = 50_000,
         started: float | None = None,
         clock: Callable[[], float] = time.time,
         check_source: bool = False,
@@ -179,8 +191,13 @@ class HealthManager:
             raise ValueError("failover_timeout must be positive")
         if failover_threshold is not None and failover_threshold < 1:
             raise ValueError("failover_threshold must be None or at least 1")
-        if failover_threads < 1 or max_batch < 1 or max_backlog < 1:
-            raise ValueError("failover_threads, max_batch and max_backlog must be at least 1")
+        if (
+            min(failover_threads, max_batch, max_backlog, max_backlog_items, max_heartbeat_items)
+            < 1
+        ):
+            raise ValueError(
+                "failover_threads, max_batch and the backlog bounds must be at least 1"
+            )
         self.getter = getter
         self.store = store
         self.heartbeat_interval = heartbeat_interval
@@ -202,7 +219,12 @@ class HealthManager:
             "tick_seconds_total": 0.0,
             "lag_seconds": 0.0,
         }
-        self._backlog = Backlog(max_batch=max_batch, max_backlog=max_backlog)
+        self._backlog = Backlog(
+            max_batch=max_batch,
+            max_backlog=max_backlog,
+            max_items=max_backlog_items,
+            max_heartbeat_items=max_heartbeat_items,
+        )
         self._views = ViewCache()
         self._writer = BatchWriter(
             store,
@@ -244,7 +266,7 @@ class HealthManager:
         """
         if heartbeat.recv_time is None:
             raise ValueError("submit() needs a heartbeat with its recv_time")
-        self._backlog.queue.append((heartbeat, source))
+        self._backlog.append(heartbeat, source)
 
     # --- one tick ------------------------------------------------------------------
 
@@ -275,7 +297,7 @@ class HealthManager:
         if not batch:
             return TickReport()
         start = self.clock()
-        lag = max(now - min(h.recv_time for h, _ in batch if h.recv_time is not None), 0.0)
+        lag = max(now - min(e[0].recv_time for e in batch if e[0].recv_time is not None), 0.0)
         try:
             written = self._writer.write(batch)
         except Exception:
@@ -283,14 +305,14 @@ class HealthManager:
             # for ever, so it is dropped (counted), and the manager goes on.
             log.exception("tick of %d heartbeats failed; dropping them", len(batch))
             self._counts["tick_errors"] += 1
-            self._backlog.drop(len(batch))
+            self._backlog.drop(batch)
             return TickReport(len(batch), 0, lag, failed=True)
         self._counts.update(written.counts)
+        self._backlog.settle(batch, written.remaining)
         if written.committed:
             self._committed(written.committed, written.rows, start, lag)
         if written.failed is not None:
             self._store_failed(written.failed, now)
-            self._backlog.put_back(written.remaining)
             return TickReport(len(batch), written.rows, lag, failed=True)
         return TickReport(len(batch), written.rows, lag)
 
@@ -302,7 +324,7 @@ class HealthManager:
         self._counts["heartbeats_judged"] += len(batch)
         self._counts["rows_written"] += rows
         delays = self.delays
-        for h, _ in batch:
+        for h, _, _ in batch:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
         self._gauges["tick_seconds_total"] += committed - start
@@ -491,10 +513,12 @@ class HealthManager:
             out.update(self.getter.counters)
         counts = self._counts
         counts["dropped"] = self._backlog.dropped
+        counts["oversized_heartbeats"] = self._backlog.oversized
         out.update((name, counts[name]) for name in _COUNTERS)
         out.update(sorted((k, v) for k, v in counts.items() if k.startswith("not_recorded.")))
         out.update(self._gauges)
         out["backlog"] = self.backlog
+        out["backlog_items"] = self._backlog.items
         out["delay_p99_seconds"] = self.delays.quantile(0.99)
         out["delay_max_seconds"] = self.delays.maximum
         return out

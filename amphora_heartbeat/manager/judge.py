@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import ipaddress
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,10 +33,26 @@ from ..stats import fold
 from ..store import StatsUpsert, StoredView, TickWrite
 from .replay import SeqState, admit
 
-__all__ = ["Entry", "Judgement", "ViewCache", "judge", "same_address"]
+__all__ = ["Entry", "Judgement", "ViewCache", "items", "judge", "same_address"]
 
-#: A received heartbeat and the address it came from (None: not known).
-Entry = tuple[Heartbeat, str | None]
+#: A received heartbeat, the address it came from (None: not known), and its size
+#: in items (see :func:`items`).
+Entry = tuple[Heartbeat, str | None, int]
+
+
+def items(heartbeat: Heartbeat) -> int:
+    """Return the size of ``heartbeat`` in items: its members, four per pool and listener, eight.
+
+    What a parsed heartbeat holds in memory grows with this count: about
+    130 bytes per item at most (a member's id and its dict slot; a pool or a
+    listener is about four members' worth).  The backlog is bounded in items.
+    """
+    pools = heartbeat.pools
+    members = sum(map(len, map(_members, pools.values())))
+    return members + 4 * (len(pools) + len(heartbeat.listeners)) + 8
+
+
+_members = operator.attrgetter("members")
 
 # Views kept between ticks (by load balancer id); cleared when this many.
 _VIEW_CACHE_SIZE = 200_000
@@ -231,7 +248,7 @@ def judge(
     written rows' ``updated_at``.
     """
     tally = _Tally(views, heartbeat_interval, check_source)
-    for heartbeat, source in batch:
+    for heartbeat, source, _ in batch:
         sv = stored.get(heartbeat.amphora_id)
         if sv is None:
             tally.counts["unknown_amphora"] += 1

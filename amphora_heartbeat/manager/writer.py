@@ -100,7 +100,7 @@ class BatchWriter:
     def _attempt(self, segment: Sequence[Entry]) -> tuple[int, collections.Counter[str]]:
         """Read, judge and write ``segment`` in one transaction; judge again after a conflict."""
         for attempt in range(_CONFLICT_RETRIES + 1):
-            stored = self.store.read_views({h.amphora_id for h, _ in segment})
+            stored = self.store.read_views({e[0].amphora_id for e in segment})
             judged = judge(
                 segment,
                 stored,
