@@ -188,14 +188,6 @@ def test_write_tick_upserts_health_without_moving_it_backwards(store: AnyStore) 
     assert store.read_health() == {"a": (NOW - 2, False), "b": (NOW - 1, False)}
 
 
-def test_write_tick_keeps_busy_set_by_a_failover(store: AnyStore) -> None:
-    """A heartbeat during a failover updates last_update but leaves busy alone."""
-    store.write_tick(TickWrite(now=NOW, health={"a": NOW - 100}))
-    store.execute("UPDATE amphora_health SET busy = true")
-    store.write_tick(TickWrite(now=NOW, health={"a": NOW}))
-    assert store.read_health() == {"a": (NOW, True)}
-
-
 def test_write_tick_sets_statuses_and_naive_utc_updated_at(store: AnyStore) -> None:
     """Each status change also sets updated_at to the tick time, naive UTC."""
     (amp,) = make_fleet(1, seed=5)
