@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import subprocess
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import _pg
@@ -614,3 +618,75 @@ def test_a_heartbeat_after_a_claim_clears_busy_and_an_older_one_does_not(store: 
     store.claim_failovers(ids, NOW - 150, now=NOW - 100)
     store.write_tick(TickWrite(now=NOW, health={ids[0]: NOW - 99, ids[1]: NOW - 101}))
     assert store.read_health() == {ids[0]: (NOW - 99, False), ids[1]: (NOW - 100, True)}
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Yield a function making a file read-only even for root (chattr +i); undone afterwards."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        path.chmod(0o444)
+        if os.geteuid() == 0:
+            try:
+                subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                pytest.skip(f"cannot make a file read-only as root here: {exc}")
+            made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+
+
+def test_sqlite_ping_fails_on_a_database_that_cannot_be_written(
+    tmp_path: Path, immutable: Callable[[Path], None]
+) -> None:
+    """A read-only database file fails the start-up check, not every tick after it."""
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    s.ping()
+    s.close()
+    immutable(path)
+    s = SQLiteStore(str(path))
+    with pytest.raises(StoreError, match="cannot be written"):
+        s.ping()
+    s.close()
+
+
+def test_sqlite_writes_to_a_deleted_database_file_fail_clearly(tmp_path: Path) -> None:
+    """The file deleted (or replaced) while open: every write raises, nothing goes nowhere."""
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    path.unlink()
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.ping()
+    SQLiteStore(str(path)).close()  # a new file at the same path: still not ours
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    s.close()
+
+
+def test_manager_command_on_a_read_only_sqlite_database_exits_1_at_start(
+    tmp_path: Path, immutable: Callable[[Path], None]
+) -> None:
+    """`manager` on a database it cannot write: one clear line and exit status 1, at start-up."""
+    import sys
+
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    s.close()
+    immutable(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", f"sqlite:///{path}",
+         "--key", "k", "--bind", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot be written" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
