@@ -677,3 +677,76 @@ def test_the_backlog_refuses_what_exceeds_its_items_and_oversized_heartbeats(
     m.step(T0 + 1)
     assert m.counters["backlog_items"] == 0
     assert len(store.read_health()) == 3
+
+
+# --- clocks ---------------------------------------------------------------------------
+
+
+class _Calls:
+    """A failover that records the amphora ids it is called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, amphora_id: str) -> None:
+        self.calls.append(amphora_id)
+
+
+def test_a_clock_set_back_does_not_delay_the_failover_of_an_amphora_dying_after(
+    store: AnyStore,
+) -> None:
+    """Rows written an hour ahead, the clock corrected: a death after it fails over on time."""
+    fleet = make_fleet(2, seed=17, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    calls = _Calls()
+    m = _manager(store, heartbeat_timeout=10, health_check_interval=1, failover=calls)
+    for amp in fleet:
+        m.submit(_hb(amp, T0 + 3600))  # the clock an hour ahead
+    m.step(T0 + 3600)
+    for amp in fleet:
+        m.submit(_hb(amp, T0 + 5))  # corrected
+    m.step(T0 + 5)
+    m.submit(_hb(fleet[1], T0 + 14))  # fleet[0] died after its heartbeat at T0 + 5
+    m.step(T0 + 16)
+    assert m.wait_failovers(30)
+    assert calls.calls == [fleet[0].amphora_id]
+    m.close()
+
+
+def test_a_forward_clock_step_is_caught_by_the_storm_threshold(store: AnyStore) -> None:
+    """A clock jumping an hour ahead makes every amphora stale: the storm guard fails none over."""
+    fleet = make_fleet(5, seed=18, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    calls = _Calls()
+    m = _manager(
+        store, heartbeat_timeout=10, health_check_interval=1, failover=calls, failover_threshold=3
+    )
+    for amp in fleet:
+        m.submit(_hb(amp, T0 + 20))
+    m.step(T0 + 20)
+    m.step(T0 + 3600)
+    assert calls.calls == []
+    assert set(store.read_amphora_statuses().values()) == {"FAILOVER_STOPPED"}
+    assert m.counters["failovers_held_back"] == 5
+    m.close()
+
+
+def test_a_start_while_the_clock_ran_ahead_holds_failovers_a_timeout_not_an_hour(
+    store: AnyStore,
+) -> None:
+    """Started (and checked) an hour ahead, then corrected: the grace ends a timeout later."""
+    fleet = make_fleet(2, seed=19, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    calls = _Calls()
+    m = HealthManager(None, store, heartbeat_timeout=10, health_check_interval=1, failover=calls)
+    for amp in fleet:
+        m.submit(_hb(amp, T0 + 3600))
+    m.step(T0 + 3600)  # started an hour ahead
+    for amp in fleet:
+        m.submit(_hb(amp, T0))
+    m.step(T0)  # corrected
+    m.submit(_hb(fleet[1], T0 + 15))
+    m.step(T0 + 16)
+    assert m.wait_failovers(30)
+    assert calls.calls == [fleet[0].amphora_id]
+    m.close()

@@ -690,3 +690,12 @@ def test_manager_command_on_a_read_only_sqlite_database_exits_1_at_start(
     assert done.returncode == 1
     assert "cannot be written" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_last_update_ahead_beyond_the_tolerance_is_replaced_by_an_older_heartbeat(
+    store: AnyStore,
+) -> None:
+    """Written by a clock since set back: a newer heartbeat replaces it; within 10 s it stays."""
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW + 3600, "b": NOW + 9}))
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW, "b": NOW}))
+    assert store.read_health() == {"a": (NOW, False), "b": (NOW + 9, False)}

@@ -105,6 +105,19 @@ class TickReport:
     failed: bool = False
 
 
+# The longest wait before a write is tried again after a store error, in seconds.
+_MAX_BACKOFF = 5.0
+
+
+def _waiting(now: float, deadline: float, longest: float) -> bool:
+    """Tell whether ``now`` is before ``deadline``, set at most ``longest`` seconds ahead.
+
+    A deadline further ahead than that was set by a clock since set back: it is
+    due now, or a corrected clock would delay the work by the correction.
+    """
+    return now < deadline <= now + longest
+
+
 def tune_gc() -> None:
     """Make the cyclic garbage collector run less often, for a process that runs a manager.
 
@@ -283,13 +296,15 @@ class HealthManager:
             drain(self.getter, self._backlog)
         report = self._tick(now)
         self._apply_finished(now)
-        if self._next_check is None or now >= self._next_check:
+        if self._next_check is None or not _waiting(
+            now, self._next_check, self.health_check_interval
+        ):
             self._next_check = now + self.health_check_interval
             self._check(now)
         return report
 
     def _tick(self, now: float) -> TickReport:
-        if now < self._retry_at:
+        if _waiting(now, self._retry_at, _MAX_BACKOFF):
             # Backing off after a store error: keep receiving, write later.
             self._backlog.hold()
             return TickReport(failed=True)
@@ -335,7 +350,7 @@ class HealthManager:
         self._failures += 1
         self._counts["store_errors"] += 1
         self.paused_at = now if self.paused_at is None else max(self.paused_at, now)
-        backoff = min(0.1 * 2 ** (self._failures - 1), 5.0)
+        backoff = min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF)
         self._retry_at = now + backoff
         log.warning(
             "store error (%s); retrying in %.1fs, no failover for %ss",
@@ -348,8 +363,9 @@ class HealthManager:
 
     def _check(self, now: float) -> None:
         """Run the stale check at ``now``: the tracker's policy over the store's candidates."""
+        self._clock_set_back(now)
         self._losses.note(now, fd=self._socket_fd(), dropped=self._backlog.dropped)
-        if now < self._retry_at:
+        if _waiting(now, self._retry_at, _MAX_BACKOFF):
             return
         cutoff = now - self.heartbeat_timeout
         lease_cutoff = now - self.failover_lease
@@ -367,6 +383,18 @@ class HealthManager:
             self._judge_stale(candidates, now, cutoff, lease_cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
+
+    def _clock_set_back(self, now: float) -> None:
+        """Bring times ahead of ``now`` back to it: they were read from a clock since set back.
+
+        So a corrected clock holds failovers a timeout at most, not the size of
+        the correction.
+        """
+        if self.started is not None and self.started > now:
+            self.started = now
+        if self.paused_at is not None and self.paused_at > now:
+            self.paused_at = now
+        self._losses.set_back(now)
 
     def _judge_stale(
         self, candidates: Mapping[str, str], now: float, cutoff: float, lease_cutoff: float
