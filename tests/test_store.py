@@ -695,7 +695,13 @@ def test_manager_command_on_a_read_only_sqlite_database_exits_1_at_start(
 def test_a_last_update_ahead_beyond_the_tolerance_is_replaced_by_an_older_heartbeat(
     store: AnyStore,
 ) -> None:
-    """Written by a clock since set back: a newer heartbeat replaces it; within 10 s it stays."""
-    store.write_tick(TickWrite(now=NOW, health={"a": NOW + 3600, "b": NOW + 9}))
+    """Over 10 s ahead of the writer's clock (set back since): replaced; a lagging write: not."""
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW + 3600, "b": NOW + 9, "c": NOW + 50}))
     store.write_tick(TickWrite(now=NOW, health={"a": NOW, "b": NOW}))
-    assert store.read_health() == {"a": (NOW, False), "b": (NOW + 9, False)}
+    # A manager behind on its backlog writes an old heartbeat: its clock is right.
+    store.write_tick(TickWrite(now=NOW + 100, health={"c": NOW}))
+    assert store.read_health() == {
+        "a": (NOW, False),
+        "b": (NOW + 9, False),
+        "c": (NOW + 50, False),
+    }

@@ -39,7 +39,6 @@ __all__ = [
     "StoredView",
     "TickWrite",
     "epoch",
-    "health_upsert",
     "stats_rows",
     "storable_id",
     "utc",
@@ -72,36 +71,25 @@ _VIEW_SQL = (
     f" WHERE a.id {{ids}} AND {LIVE}"
 )
 
-#: Seconds a stored ``last_update`` may be ahead of a newer heartbeat's receive
-#: time before that heartbeat replaces it: managers' clocks may differ this much.
+#: Seconds a stored ``last_update`` may be ahead of the writing manager's clock
+#: before a heartbeat replaces it: managers' clocks may differ this much.
 CLOCK_TOLERANCE = 10
 
-
-def health_upsert(ahead: str) -> str:
-    """Return the ``amphora_health`` upsert; ``ahead`` is the engine's "new time + tolerance".
-
-    ``last_update`` never moves backwards, except from a time more than
-    :data:`CLOCK_TOLERANCE` seconds ahead of the new one (written by a clock
-    since set back: it must not shield the amphora from failover).  A
-    heartbeat that moves the row also clears busy: an amphora heard after its
-    claim (a claim stamps the row) is alive, so a claim left by a manager that
-    died ends there; a running failover is not stopped, and the load
-    balancer's ``PENDING_UPDATE`` keeps others from a second one.  Both CASEs
-    read the row as it was (SQLite and PostgreSQL evaluate SET so).
-    """
-    moves = (
-        f"excluded.last_update > amphora_health.last_update OR amphora_health.last_update > {ahead}"
-    )
-    return (
-        "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
-        f" ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE WHEN {moves}"
-        f" THEN excluded.last_update ELSE amphora_health.last_update END, busy = CASE"
-        f" WHEN {moves} THEN false ELSE amphora_health.busy END"
-    )
-
-
-#: The upsert in standard SQL (PostgreSQL; MySQL spells the interval alike).
-HEALTH_UPSERT = health_upsert(f"excluded.last_update + INTERVAL '{CLOCK_TOLERANCE}' SECOND")
+# last_update never moves backwards, except from a time more than CLOCK_TOLERANCE
+# ahead of the writing manager's clock (the last ?: written by a clock since set
+# back, it must not shield the amphora from failover).  A write that moves the
+# row also clears busy: an amphora heard after its claim (a claim stamps the row)
+# is alive, so a claim left by a manager that died ends there; a running failover
+# is not stopped, and the load balancer's PENDING_UPDATE keeps others from a
+# second one.  Both CASEs read the row as it was (SQLite and PostgreSQL evaluate
+# SET so).
+_MOVES = "excluded.last_update > amphora_health.last_update OR amphora_health.last_update > ?"
+HEALTH_UPSERT = (
+    "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
+    f" ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE WHEN {_MOVES}"
+    " THEN excluded.last_update ELSE amphora_health.last_update END,"
+    f" busy = CASE WHEN {_MOVES} THEN false ELSE amphora_health.busy END"
+)
 _STATS_COLUMNS = "bytes_in, bytes_out, active_connections, total_connections, request_errors"
 # A sum beyond the BIGINT column is NULL, which its NOT NULL refuses: the same data
 # error on every engine (SQLite would otherwise store a REAL without a word).
@@ -429,8 +417,6 @@ class SQLStore:
     _IDS: ClassVar[str]
     #: The engine's clause that locks claimed rows, skipping rows locked by others.
     _LOCK: ClassVar[str] = ""
-    #: The engine's ``amphora_health`` upsert (see :func:`health_upsert`).
-    _HEALTH_UPSERT: ClassVar[str] = HEALTH_UPSERT
 
     # --- engine hooks ------------------------------------------------------------------
     def _sql(self, statement: str) -> str:
@@ -514,7 +500,8 @@ class SQLStore:
             if write.seqs:
                 rows += self._write_seqs(cur, sorted(write.seqs.items()))
             if write.health:
-                rows += self._write_health(cur, sorted(write.health.items()))
+                ahead = self._time(write.now + CLOCK_TOLERANCE)
+                rows += self._write_health(cur, sorted(write.health.items()), ahead)
             if write.reallocated:
                 params2 = [(now, a) for a in sorted(write.reallocated)]
                 cur.executemany(self._sql(_REALLOCATE), params2)
@@ -550,10 +537,14 @@ class SQLStore:
                 raise StoreConflict(f"amphora {amphora_id!r}: sequence state changed meanwhile")
         return len(seqs)
 
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
-        """Upsert ``amphora_health`` rows (sorted by id); return how many."""
-        params = [(a, self._time(t), False) for a, t in health]
-        cur.executemany(self._sql(self._HEALTH_UPSERT), params)
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
+        """Upsert ``amphora_health`` rows (sorted by id); return how many.
+
+        A stored time after ``ahead`` (the engine's time value of the tick's
+        ``now`` plus :data:`CLOCK_TOLERANCE`) is replaced even by an older one.
+        """
+        params = [(a, self._time(t), False, ahead, ahead) for a, t in health]
+        cur.executemany(self._sql(HEALTH_UPSERT), params)
         return len(params)
 
     def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:

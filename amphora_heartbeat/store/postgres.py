@@ -170,7 +170,7 @@ class PostgresStore(SQLStore):
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
         # One statement over a JSON array rather than a statement per row (psycopg
         # dumps a JSON text far faster than arrays); rows are taken in (sorted)
         # array order.  to_timestamp(...) AT TIME ZONE 'UTC' is naive UTC.
@@ -179,8 +179,8 @@ class PostgresStore(SQLStore):
                 "VALUES (?, ?, ?)",
                 "SELECT r->>0, to_timestamp((r->>1)::float8) AT TIME ZONE 'UTC', false"
                 " FROM json_array_elements(%s::json) AS r",
-            ),
-            (json.dumps(health),),
+            ).replace("?", "%s"),
+            (json.dumps(health), ahead, ahead),
         )
         return len(health)
 

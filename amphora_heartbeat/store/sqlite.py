@@ -10,15 +10,7 @@ import sqlite3
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from .base import (
-    CLOCK_TOLERANCE,
-    SQLStore,
-    StoreDataError,
-    StoreError,
-    epoch,
-    health_upsert,
-    utc,
-)
+from .base import SQLStore, StoreDataError, StoreError, epoch, utc
 
 __all__ = ["SQLiteStore"]
 
@@ -50,11 +42,6 @@ class SQLiteStore(SQLStore):
     """
 
     _IDS = "IN (SELECT value FROM json_each(?))"
-    # Time is text here: SQLite's own date function adds the tolerance (to the
-    # millisecond, which is all the comparison needs).
-    _HEALTH_UPSERT = health_upsert(
-        f"strftime('%Y-%m-%d %H:%M:%f', excluded.last_update, '+{CLOCK_TOLERANCE} seconds')"
-    )
 
     def __init__(self, path: str, *, timeout: float = 5.0) -> None:
         """Open (or create) the database file at ``path``; ``":memory:"`` works too."""
