@@ -8,17 +8,17 @@ connection handling) and may override a statement where its SQL allows better.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from ..models import ListenerStats
-from .schema import LOOKUPS, TABLES, ddl
+from .claims import ClaimStatements
+from .engine import epoch, utc
+from .schema import LOOKUPS, TABLES
 
 if TYPE_CHECKING:
     from ..testing import AmphoraSpec
@@ -124,31 +124,6 @@ _REALLOCATE = (
     "UPDATE amphora SET status = 'ALLOCATED', updated_at = ?"
     " WHERE id = ? AND status = 'FAILOVER_STOPPED'"
 )
-_STOP = (
-    "UPDATE amphora SET status = 'FAILOVER_STOPPED', updated_at = ?"
-    " WHERE id = ? AND status = 'ALLOCATED'"
-)
-# A claim is a lease: claiming sets last_update to the claim time, so a busy row
-# whose last_update is older than the lease was claimed by a manager that never
-# finished (it died): it is a candidate again.  The two ? are the stale cutoff and
-# the lease cutoff.
-_ELIGIBLE = (
-    "FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
-    " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    " WHERE ((h.busy = false AND h.last_update < ?) OR (h.busy = true AND h.last_update < ?))"
-    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
-)
-_STALE = "SELECT h.amphora_id, a.status " + _ELIGIBLE + " ORDER BY h.amphora_id"
-# {lock} is the engine's row-lock clause: with several managers each stale row
-# is claimed (marked busy) by exactly one of them.
-_CLAIM = (
-    "UPDATE amphora_health SET busy = true, last_update = ? WHERE amphora_id IN ("
-    "SELECT h.amphora_id " + _ELIGIBLE + " AND h.amphora_id {ids}"
-    " AND lb.provisioning_status IN ('ACTIVE', 'ERROR') {lock})"
-    " RETURNING amphora_id"
-)
-
-
 #: The longest id Octavia's id columns hold (``VARCHAR(36)``: a UUID's text).
 MAX_ID_LENGTH = 36
 
@@ -160,18 +135,6 @@ def storable_id(value: str) -> bool:
     (not encodable), nothing longer than the column.
     """
     return len(value) <= MAX_ID_LENGTH and value.isprintable()
-
-
-# An expired claim of an amphora no longer eligible (Octavia's failover flow marks
-# the failed amphora DELETED when it completes): the flow finished, only the row
-# is left to clear, never a second failover.
-_EXPIRED = (
-    "DELETE FROM amphora_health WHERE busy = true AND last_update < ? AND NOT EXISTS ("
-    "SELECT 1 FROM amphora a WHERE a.id = amphora_health.amphora_id"
-    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED'))"
-)
-# The lease cutoff when no lease is asked for: no claim ever expires.
-_NEVER = 0.0
 
 
 class StoreError(Exception):
@@ -326,16 +289,6 @@ class Store(Protocol):
         ...
 
 
-def utc(epoch: float) -> datetime.datetime:
-    """Return a naive UTC datetime for ``epoch`` seconds, as Octavia stores time."""
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
-
-
-def epoch(value: datetime.datetime) -> float:
-    """Return seconds since the epoch for a naive UTC datetime."""
-    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
 def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
     """Fold the view statement's tagged rows into one :class:`StoredView` per amphora."""
     heads: dict[str, tuple[str, str, dict[str, Any], str | None]] = {}
@@ -410,42 +363,8 @@ def stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[An
     return out
 
 
-class SQLStore:
+class SQLStore(ClaimStatements):
     """The statements every engine shares; subclasses supply the engine hooks."""
-
-    #: The "in this set of ids" test of the engine; one placeholder, see :meth:`_id_set`.
-    _IDS: ClassVar[str]
-    #: The engine's clause that locks claimed rows, skipping rows locked by others.
-    _LOCK: ClassVar[str] = ""
-
-    # --- engine hooks ------------------------------------------------------------------
-    def _sql(self, statement: str) -> str:
-        return statement
-
-    def _id_set(self, ids: Collection[str]) -> Any:
-        raise NotImplementedError
-
-    def _time(self, epoch: float) -> Any:
-        return utc(epoch)
-
-    def _from_time(self, value: Any) -> float:
-        return epoch(value)
-
-    def _table_exists(self, cur: Any, table: str) -> bool:
-        raise NotImplementedError
-
-    def _ddl(self, table: str) -> tuple[str, ...]:
-        return ddl(table)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
 
     # --- the store ---------------------------------------------------------------------
     def create_schema(self) -> list[str]:
@@ -552,97 +471,6 @@ class SQLStore:
         for add, rows in stats_rows(upserts):
             cur.executemany(self._sql(STATS_ADD if add else STATS_REPLACE), rows)
         return len(upserts)
-
-    def stale_amphorae(self, cutoff: float, lease_cutoff: float | None = None) -> dict[str, str]:
-        """Return the failover candidates at ``cutoff`` (seconds since the epoch).
-
-        Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
-        of a load balancer, whose ``last_update`` is before ``cutoff`` and which
-        are not busy, or busy with a claim older than ``lease_cutoff`` (the
-        manager that claimed it never finished; None: claims never expire);
-        mapped to their status, sorted by id.  Rows of other managers count too:
-        the database holds them all.
-        """
-        lease = _NEVER if lease_cutoff is None else min(lease_cutoff, cutoff)
-        with self._reading() as cur:
-            cur.execute(self._sql(_STALE), (self._time(cutoff), self._time(lease)))
-            return {row[0]: row[1] for row in cur.fetchall()}
-
-    def claim_failovers(
-        self,
-        amphora_ids: Collection[str],
-        cutoff: float,
-        *,
-        now: float,
-        lease_cutoff: float | None = None,
-    ) -> list[str]:
-        """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
-
-        The claim is a lease: ``last_update`` is set to ``now`` (seconds since
-        the epoch), so a claim whose manager dies expires (see
-        :meth:`stale_amphorae`).  Only amphorae whose load balancer is ``ACTIVE``
-        or ``ERROR`` are claimed (a failover moves it to ``PENDING_UPDATE``; any
-        other status means someone else is changing it: the amphora waits for
-        the next check).  With several managers each amphora is claimed by
-        exactly one.
-        """
-        if not amphora_ids:
-            return []
-        lease = _NEVER if lease_cutoff is None else min(lease_cutoff, cutoff)
-        statement = self._sql(_CLAIM.format(ids=self._IDS, lock=self._LOCK))
-        params = (self._time(now), self._time(cutoff), self._time(lease))
-        with self._transaction() as cur:
-            cur.execute(statement, (*params, self._id_set(sorted(amphora_ids))))
-            return sorted(row[0] for row in cur.fetchall())
-
-    def clear_expired_claims(self, lease_cutoff: float) -> int:
-        """Delete the busy rows claimed before ``lease_cutoff`` whose amphora left.
-
-        An amphora no longer ``ALLOCATED`` or ``FAILOVER_STOPPED`` (Octavia's
-        failover marks it ``DELETED`` when done) whose claim expired was failed
-        over by a manager that died before recording it: its health row is
-        deleted, as that manager would have done.  Return how many.
-        """
-        with self._transaction() as cur:
-            cur.execute(self._sql(_EXPIRED), (self._time(lease_cutoff),))
-            return max(int(cur.rowcount), 0)
-
-    def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
-        """Mark the ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``.
-
-        Return how many were changed (the others were stopped already).
-        """
-        if not amphora_ids:
-            return 0
-        changed = 0
-        with self._transaction() as cur:
-            stamp = self._time(now)
-            for amphora_id in sorted(amphora_ids):
-                cur.execute(self._sql(_STOP), (stamp, amphora_id))
-                changed += max(cur.rowcount, 0)
-        return changed
-
-    def finish_failover(self, amphora_id: str, *, succeeded: bool) -> None:
-        """Record a failover's end.
-
-        Success deletes the amphora's ``amphora_health`` row, as Octavia's
-        failover does; failure clears ``busy`` so that the next check retries it.
-        """
-        with self._transaction() as cur:
-            if succeeded:
-                cur.execute(
-                    self._sql("DELETE FROM amphora_health WHERE amphora_id = ?"), (amphora_id,)
-                )
-                # The failed-over amphora never reports again: its guard state goes too.
-                cur.execute(
-                    self._sql("DELETE FROM amphora_heartbeat_seq WHERE amphora_id = ?"),
-                    (amphora_id,),
-                )
-            else:
-                cur.execute(
-                    self._sql("UPDATE amphora_health SET busy = false WHERE amphora_id = ?"),
-                    (amphora_id,),
-                )
 
     def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers a trivial query."""
