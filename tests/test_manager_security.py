@@ -34,6 +34,7 @@ from amphora_heartbeat.store import (
     PostgresStore,
     SQLiteStore,
     StatsUpsert,
+    StoreConflict,
     StoreDataError,
     StoreError,
     TickWrite,
@@ -747,6 +748,63 @@ def test_a_start_while_the_clock_ran_ahead_holds_failovers_a_timeout_not_an_hour
     m.step(T0)  # corrected
     m.submit(_hb(fleet[1], T0 + 15))
     m.step(T0 + 16)
+    assert m.wait_failovers(30)
+    assert calls.calls == [fleet[0].amphora_id]
+    m.close()
+
+
+class _Failing:
+    """A real store whose writes raise ``error`` while it is set (the rest passes through)."""
+
+    def __init__(self, inner: AnyStore) -> None:
+        self.inner = inner
+        self.error: StoreError | None = None
+
+    def write_tick(self, write: TickWrite) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.inner.write_tick(write)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_write_that_keeps_conflicting_is_retried_later_like_a_store_error(
+    store: AnyStore,
+) -> None:
+    """Conflicts every time (judged again three times): kept, backed off, then committed."""
+    (amp,) = make_fleet(1, seed=20, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    failing = _Failing(store)
+    failing.error = StoreConflict("moved meanwhile (test)")
+    m = _manager(failing)  # type: ignore[arg-type]
+    m.submit(_hb(amp, T0))
+    assert m.step(T0 + 1).failed
+    assert (m.backlog, m.counters["store_errors"]) == (1, 1)
+    failing.error = None
+    assert not m.step(T0 + 2).failed
+    assert set(store.read_health()) == {amp.amphora_id}
+
+
+def test_a_pause_set_by_a_clock_since_set_back_ends_a_timeout_after_the_correction(
+    store: AnyStore,
+) -> None:
+    """A store error an hour ahead, the clock corrected: failovers wait a timeout, not an hour."""
+    fleet = make_fleet(2, seed=21, listeners=1, pools=1, members=1)
+    store.add_fleet(fleet)
+    failing = _Failing(store)
+    calls = _Calls()
+    m = _manager(failing, heartbeat_timeout=10, health_check_interval=1, failover=calls)  # type: ignore[arg-type]
+    for amp in fleet:
+        m.submit(_hb(amp, T0))
+    m.step(T0)
+    failing.error = StoreError("away (test)")
+    m.submit(_hb(fleet[1], T0 + 3600))
+    m.step(T0 + 3600)  # fails an hour ahead: paused until then and a timeout
+    failing.error = None
+    m.step(T0 + 12)  # corrected: the pause counts from now
+    m.submit(_hb(fleet[1], T0 + 22))
+    m.step(T0 + 23)
     assert m.wait_failovers(30)
     assert calls.calls == [fleet[0].amphora_id]
     m.close()
