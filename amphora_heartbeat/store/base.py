@@ -447,13 +447,16 @@ class SQLStore(ClaimStatements):
 
         Raise :class:`StoreConflict` if another manager moved one meanwhile.
         """
-        for amphora_id, (old, new) in seqs:
-            if old is None:
-                cur.execute(self._sql(_SEQ_INSERT), (amphora_id, *new))
-            else:
-                cur.execute(self._sql(_SEQ_UPDATE), (*new, amphora_id, *old))
-            if cur.rowcount != 1:
-                raise StoreConflict(f"amphora {amphora_id!r}: sequence state changed meanwhile")
+        new = [(a, *n) for a, (o, n) in seqs if o is None]
+        moved = [(*n, a, *o) for a, (o, n) in seqs if o is not None]
+        matched = 0
+        # executemany sums the rows each statement changed (sqlite3, psycopg 3).
+        for statement, params in ((_SEQ_INSERT, new), (_SEQ_UPDATE, moved)):
+            if params:
+                cur.executemany(self._sql(statement), params)
+                matched += max(cur.rowcount, 0)
+        if matched != len(seqs):
+            raise StoreConflict("a sequence state changed meanwhile")
         return len(seqs)
 
     def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
