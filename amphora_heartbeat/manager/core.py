@@ -525,7 +525,10 @@ class HealthManager:
         ``ticks``, ``heartbeats_judged``, ``heartbeats_recorded``, ``rows_written``,
         ``unknown_amphora``,
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
-        ``dropped``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
+        ``poison_heartbeats``, ``unstorable_id``, ``source_mismatch``,
+        ``stats_replayed``, ``stats_unknown_listener`` (see
+        ``docs/reference/errors.md``), ``dropped``, ``oversized_heartbeats``,
+        ``claims_cleared``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
         ``_held_back`` / ``_waiting`` / ``_held_overloaded`` (stale amphorae not
         failed over because heartbeats were lost within ``heartbeat_timeout``),
         ``stale_not_failed_over``, ``socket_drops`` (datagrams the kernel dropped
@@ -533,7 +536,7 @@ class HealthManager:
         heartbeats lost); gauges
         ``tick_seconds`` and ``lag_seconds`` (last tick), ``tick_seconds_total`` (all
         committed ticks), ``max_lag_seconds``,
-        ``backlog``, and the receive-to-commit delay ``delay_p99_seconds`` and
+        ``backlog``, ``backlog_items``, and the receive-to-commit delay ``delay_p99_seconds`` and
         ``delay_max_seconds``.
         """
         out: dict[str, float] = {}
