@@ -808,3 +808,20 @@ def test_a_pause_set_by_a_clock_since_set_back_ends_a_timeout_after_the_correcti
     assert m.wait_failovers(30)
     assert calls.calls == [fleet[0].amphora_id]
     m.close()
+
+
+def test_refused_heartbeats_are_logged_once_per_amphora_and_all_counted(
+    store: AnyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender repeating a poison heartbeat: one warning line, every one counted."""
+    (amp,) = make_fleet(1, seed=22, listeners=1, pools=1, members=1)
+    store.add_fleet([amp])
+    m = _manager(store)
+    m.submit(_bytes_in(amp, 1, 0))
+    m.step(T0)
+    with caplog.at_level("WARNING", logger="amphora_heartbeat.manager"):
+        for seq in (1, 2, 3):
+            m.submit(_bytes_in(amp, BIG, seq))
+            m.step(T0 + 5)
+    assert m.counters["poison_heartbeats"] == 3
+    assert sum("refused the heartbeat" in r.getMessage() for r in caplog.records) == 1

@@ -33,6 +33,8 @@ log = logging.getLogger("amphora_heartbeat.manager")
 # How often a write that met another manager's change is judged again before
 # the tick gives up (and retries later, as after any store error).
 _CONFLICT_RETRIES = 3
+# Amphorae whose refused heartbeats were logged; forgotten all at once when full.
+_LOGGED_MAX = 10_000
 
 
 @attrs.define
@@ -69,6 +71,7 @@ class BatchWriter:
         self.heartbeat_interval = heartbeat_interval
         self.check_source = check_source
         self.clock = clock
+        self._logged: set[str] = set()
 
     def write(self, batch: Sequence[Entry]) -> Written:
         """Write ``batch``, halving around data errors; stop at the first other store error."""
@@ -118,12 +121,19 @@ class BatchWriter:
             return rows, collections.Counter(judged.counts)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _poisoned(entry: Entry, exc: StoreDataError, out: Written) -> None:
+    def _poisoned(self, entry: Entry, exc: StoreDataError, out: Written) -> None:
         out.counts["poison_heartbeats"] += 1
+        amphora_id = entry[0].amphora_id
+        # Logged once per amphora (a sender repeating it is counted, not logged).
+        if amphora_id in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_MAX:
+            self._logged.clear()
+        self._logged.add(amphora_id)
         log.warning(
-            "the database refused the heartbeat of amphora %r (seq %d); dropped it: %s",
-            entry[0].amphora_id,
+            "the database refused the heartbeat of amphora %r (seq %d); dropped it"
+            " (and any more like it, counted as poison_heartbeats): %s",
+            amphora_id,
             entry[0].seq,
             exc,
         )
