@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -366,6 +366,9 @@ def stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[An
 class SQLStore(ClaimStatements):
     """The statements every engine shares; subclasses supply the engine hooks."""
 
+    #: The engine's insert of a new replay-guard state, changing nothing if one exists.
+    _SEQ_INSERT_STATEMENT: ClassVar[str] = _SEQ_INSERT
+
     # --- the store ---------------------------------------------------------------------
     def create_schema(self) -> list[str]:
         """Create the tables that do not exist yet, and the lookup values of new ones.
@@ -451,7 +454,7 @@ class SQLStore(ClaimStatements):
         moved = [(*n, a, *o) for a, (o, n) in seqs if o is not None]
         matched = 0
         # executemany sums the rows each statement changed (sqlite3, psycopg 3).
-        for statement, params in ((_SEQ_INSERT, new), (_SEQ_UPDATE, moved)):
+        for statement, params in ((self._SEQ_INSERT_STATEMENT, new), (_SEQ_UPDATE, moved)):
             if params:
                 cur.executemany(self._sql(statement), params)
                 matched += max(cur.rowcount, 0)
