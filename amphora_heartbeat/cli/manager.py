@@ -137,7 +137,7 @@ def _open(url: str) -> Store:
     store = open_database(url)
     for attempt in range(2):
         try:
-            store.create_schema()  # only the tables missing: nothing on an Octavia database
+            store.create_schema()  # only the tables missing: on Octavia's, our own
             break
         except StoreError:
             if attempt:

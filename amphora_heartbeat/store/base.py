@@ -374,8 +374,9 @@ class SQLStore(ClaimStatements):
         """Create the tables that do not exist yet, and the lookup values of new ones.
 
         On a database that already has them (one made by Octavia included)
-        nothing is created and no lookup value is inserted.  Return the names of
-        the tables created.
+        nothing is created and no lookup value is inserted, except this
+        project's own ``amphora_heartbeat_seq`` where it is missing.  Return the
+        names of the tables created.
         """
         created = []
         with self._transaction() as cur:
