@@ -536,7 +536,11 @@ def test_a_manager_killed_mid_failover_leaves_no_amphora_busy_nor_failed_over_tw
                "--failover-timeout", "8",
                "--failover-command", f"{sys.executable} {script} {log} {db_url}"]  # fmt: skip
     env = {**os.environ, "SLOW_BEFORE": ",".join(hanging)}
-    first, port = _start(db_url, key_file, *options, start_new_session=True, env=env)
+    # The first one's own timeout is long: it must still be running them when killed,
+    # however slowly the others start on a loaded machine.
+    first, port = _start(
+        db_url, key_file, *options, "--failover-timeout", "600", start_new_session=True, env=env
+    )
     ports = [port]
     seq = 0
 
