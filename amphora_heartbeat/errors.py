@@ -15,6 +15,7 @@ from typing import ClassVar
 
 __all__ = [
     "REASONS",
+    "BadIdError",
     "HeartbeatError",
     "InvalidHMACError",
     "MalformedError",
@@ -95,7 +96,22 @@ class MalformedError(HeartbeatError):
         self.problem = problem
 
 
-#: Every rejection reason, in the order a packet meets the checks.
+class BadIdError(MalformedError):
+    """Refuse a message naming an amphora, listener, pool or member by an id no database can hold.
+
+    An id must be 1 to :attr:`Limits.max_id_length <amphora_heartbeat.models.Limits>`
+    (36) visible ASCII characters, ``!`` to ``~``: a UUID's text form and
+    Octavia's ``VARCHAR(36)`` id columns.  A subclass of :class:`MalformedError`
+    (so ``except MalformedError`` still catches it) with a reason, and a
+    counter, of its own: a receiver that refuses ids it would once have taken
+    shows it at once.
+    """
+
+    reason = "bad_id"
+
+
+#: Every rejection reason, in the order a packet meets the checks (``malformed``
+#: and ``bad_id`` both while parsing: whichever problem comes first in the message).
 REASONS: tuple[str, ...] = tuple(
     cls.reason
     for cls in (
@@ -106,5 +122,6 @@ REASONS: tuple[str, ...] = tuple(
         NotJSONError,
         NotObjectError,
         MalformedError,
+        BadIdError,
     )
 )

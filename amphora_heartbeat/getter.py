@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import threading
@@ -25,9 +26,10 @@ from typing import Any, NamedTuple, TypeVar
 
 from .envelope import DEFAULT_MAX_DECOMPRESSED, KeyRing, Unwrapper
 from .errors import REASONS, HeartbeatError
+from .logs import RateLimitedLogger
 from .models import Heartbeat, Limits
 
-__all__ = ["Handler", "UDPStatusGetter"]
+__all__ = ["Handler", "UDPStatusGetter", "normalize_host"]
 
 logger = logging.getLogger("amphora_heartbeat.getter")
 
@@ -37,8 +39,8 @@ Handler = Callable[[Heartbeat, str], object]
 #: Bytes read per datagram: more than the largest UDP payload, so nothing is cut.
 _RECV_SIZE = 65536
 
-# Rejection log rate limit: at most _LOG_BURST warnings per _LOG_WINDOW seconds,
-# then one summary line, so a flood of bad packets cannot flood the log.
+# Rejection log rate limit: at most _LOG_BURST warnings per reason per _LOG_WINDOW
+# seconds, then one line with the count, so a flood of bad packets cannot flood the log.
 _LOG_WINDOW = 10.0
 _LOG_BURST = 5
 
@@ -47,8 +49,11 @@ _G = TypeVar("_G", bound="UDPStatusGetter")
 
 
 class _Binding(NamedTuple):
-    # Key and socket change together: a receiving thread reads this pair once
-    # per datagram, so it never judges a packet with the other socket's key.
+    # Socket, address and key ring change together, in one assignment.  A
+    # datagram is judged with the key ring of the socket it came from as that
+    # stands when the datagram is processed: the current ring for the current
+    # socket (so a key rotated while a thread waited in recvfrom applies to what
+    # it then reads), and for a socket update() replaced, the ring it had then.
     sock: socket.socket
     unwrapper: Unwrapper
     address: tuple[str, int]
@@ -83,6 +88,26 @@ def _bind(
         sock.close()
         raise OSError(exc.errno, f"cannot bind {ip}:{port}: {exc.strerror}") from exc
     return sock
+
+
+def normalize_host(address: str) -> str:
+    """Return the canonical text of an IP address, so that two spellings compare equal.
+
+    An IPv4-mapped IPv6 address becomes the IPv4 address (a getter bound to
+    ``::`` reports an IPv4 sender as ``::ffff:192.0.2.10``); IPv6 is written
+    compressed and in lower case (``FD00:0::1`` becomes ``fd00::1``); a scope
+    (``%eth0``) is kept.  Use it on both sides of a source-address check, e.g.
+    ``normalize_host(srcaddr) == normalize_host(amphora.lb_network_ip)``.
+
+    :raises ValueError: ``address`` is not an IPv4 or IPv6 address.
+    :raises TypeError: ``address`` is not a string.
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"an address must be a string, not {type(address).__name__}")
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _address(sock: socket.socket) -> tuple[str, int]:
@@ -156,12 +181,14 @@ class UDPStatusGetter:
         # receiving thread closes them once its call returns.
         self._retired: list[socket.socket] = []
         self._receiving = False
+        self._received_bytes = 0
         self._accepted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._handler_errors = 0
-        self._log_window_end = float("-inf")
-        self._log_budget = _LOG_BURST
-        self._log_suppressed = 0
+        # Timed by the receive times passed in (seconds since the epoch), or the wall clock.
+        self._rate_limited = RateLimitedLogger(
+            logger, interval=_LOG_WINDOW, burst=_LOG_BURST, clock=time.time
+        )
         unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
         sock = _bind(ip, port, timeout, rcvbuf, reuse_port)
         self._binding = _Binding(sock, unwrapper, _address(sock))
@@ -195,8 +222,11 @@ class UDPStatusGetter:
         current key.  When ip:port resolves to the current address only the key
         changes (port 0 always rebinds).  Otherwise the new socket is bound
         first, then key and socket are swapped together, datagrams still queued
-        on the old socket are kept for the next :meth:`dorecv` calls, and the old
-        socket is closed.  :meth:`fileno` changes when the socket does.
+        on the old socket are kept for the next :meth:`dorecv` calls (judged with
+        the old socket's key), and the old socket is closed.  :meth:`fileno`
+        changes when the socket does.  A datagram read from the current socket is
+        judged with the key in force once ``recvfrom`` returns, even if a thread
+        was already waiting for it when the key changed.
 
         The new socket is bound while the old one still holds its address, so
         moving to another address on the same port fails (``EADDRINUSE``) where the
@@ -292,6 +322,7 @@ class UDPStatusGetter:
         return self._handle(self._binding.unwrapper, data, srcaddr, now)
 
     def _handle(self, unwrapper: Unwrapper, data: bytes, srcaddr: Any, now: float) -> Heartbeat:
+        self._received_bytes += len(data)
         try:
             heartbeat = Heartbeat.from_dict(
                 unwrapper.unwrap(data), recv_time=now, limits=self._limits
@@ -341,7 +372,11 @@ class UDPStatusGetter:
                 if self._closed:
                     raise OSError(errno.EBADF, "the UDPStatusGetter is closed")
                 continue
-            return self._handle(binding.unwrapper, data, srcaddr, time.time()), srcaddr[0]
+            # A key-only update() while we waited keeps the socket: the datagram is
+            # judged with the key in force now, so a key just dropped is refused.
+            current = self._binding
+            unwrapper = current.unwrapper if current.sock is binding.sock else binding.unwrapper
+            return self._handle(unwrapper, data, srcaddr, time.time()), srcaddr[0]
 
     def check(self) -> Heartbeat | None:
         """Receive one heartbeat and hand it to :meth:`update_health` and :meth:`update_stats`.
@@ -378,42 +413,48 @@ class UDPStatusGetter:
             self._stats_handler(heartbeat, srcaddr)
 
     def _handler_error(self, where: str, heartbeat: Heartbeat) -> None:
+        # A handler that fails fails for every heartbeat: rate-limited, with its traceback.
         self._handler_errors += 1
-        logger.exception("%s failed for amphora %s", where, heartbeat.amphora_id)
+        self._rate_limited.error(
+            "handler_errors." + where,
+            "%s failed for amphora %s",
+            where,
+            heartbeat.amphora_id,
+            now=heartbeat.recv_time,
+            exc_info=True,
+        )
 
     def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
-        """Report a refused datagram: by default a WARNING, at most a few per 10 seconds.
+        """Report a refused datagram: by default a WARNING, at most 5 per reason per 10 seconds.
 
+        After the fifth, one line per reason says how many were left out.
         Override in a subclass to do something else with rejections (the
         counters are kept either way).  ``now`` is the receive time, in seconds.
         """
-        if now >= self._log_window_end:
-            if self._log_suppressed:
-                logger.warning(
-                    "%d more rejected heartbeat datagrams not logged", self._log_suppressed
-                )
-            self._log_window_end = now + _LOG_WINDOW
-            self._log_budget = _LOG_BURST
-            self._log_suppressed = 0
-        if self._log_budget > 0:
-            self._log_budget -= 1
-            # %r keeps control characters from a hostile packet out of the log line.
-            logger.warning(
-                "rejected heartbeat datagram from %s: %s: %r", srcaddr, error.reason, error.message
-            )
-        else:
-            self._log_suppressed += 1
+        # %r keeps control characters from a hostile packet out of the log line.
+        self._rate_limited.warning(
+            error.reason,
+            "rejected heartbeat datagram from %s: %s: %r",
+            srcaddr,
+            error.reason,
+            error.message,
+            now=now,
+        )
 
     @property
     def counters(self) -> Mapping[str, int]:
         """A snapshot of the counters, cumulative across :meth:`update` and readable after close.
 
         ``received`` (every datagram: ``accepted`` plus every rejection),
-        ``accepted``, ``rejected.<reason>`` for each reason in
-        :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
+        ``received_bytes`` (their payload bytes), ``accepted``, ``rejected.<reason>``
+        for each reason in :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
         """
         rejected = dict(self._rejected)
-        counts = {"received": self._accepted + sum(rejected.values()), "accepted": self._accepted}
+        counts = {
+            "received": self._accepted + sum(rejected.values()),
+            "received_bytes": self._received_bytes,
+            "accepted": self._accepted,
+        }
         for reason, count in rejected.items():
             counts["rejected." + reason] = count
         counts["handler_errors"] = self._handler_errors

@@ -6,7 +6,12 @@ or 3), pools flattened and keyed by pool id, members always a mapping.
 :meth:`Heartbeat.to_dict` writes the tree back in its version's wire shape.
 
 Statuses are kept as the raw strings the amphora sent; any string is valid
-here, and :mod:`amphora_heartbeat.rules` decides what each one means.
+here, and :mod:`amphora_heartbeat.rules` decides what each one means.  Ids are
+not: an amphora, listener, pool or member id must be 1 to
+:attr:`Limits.max_id_length` (36) visible ASCII characters, ``!`` to ``~``, or
+the message is refused as ``bad_id``
+(:class:`~amphora_heartbeat.errors.BadIdError`), so that no id a database
+cannot hold, or a log line cannot show as it is, gets past parsing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from .errors import MalformedError
+from .errors import BadIdError, MalformedError
 
 __all__ = [
     "Heartbeat",
@@ -34,12 +39,15 @@ __all__ = [
 _MAX_COUNTER = (1 << 63) - 1
 _MAX_CONNS = (1 << 31) - 1
 # Both are all-ones masks (2**n - 1), which the fast path's single OR test relies on.
+# seq, ver and boot are stored as BIGINT too.
 _MAX_SEQ = (1 << 63) - 1
 
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Bounds on one heartbeat's contents; a message beyond any is ``malformed``.
+    """Bounds on one heartbeat's contents; a message beyond any is refused.
+
+    Beyond a count it is ``malformed``; an id beyond its length is ``bad_id``.
 
     The defaults are far above what a real load balancer reports (Octavia puts
     no bound at all; its datagrams are at most 64 KiB compressed) and low enough
@@ -52,8 +60,10 @@ class Limits:
     max_pools: int = 2048
     #: Most members in one pool.
     max_members: int = 8192
-    #: Longest amphora, listener, pool or member id, and pool key, in characters.
-    max_id_length: int = 255
+    #: Longest amphora, listener, pool or member id, in characters (a pool key
+    #: ``"<pool_id>:<listener_id>"`` holds two).  Octavia's id columns are
+    #: ``VARCHAR(36)``, a UUID's text form: a longer id could never be stored.
+    max_id_length: int = 36
 
 
 _DEFAULT_LIMITS = Limits()
@@ -203,6 +213,13 @@ class Heartbeat:
     amphora_id: str
     #: Sequence number, counting from 0 at the agent's start.
     seq: int = 0
+    #: When the sending agent started, in whole seconds since the epoch: the
+    #: optional ``boot`` key that this library's sender adds, so that a replay
+    #: guard can tell a restart from a replay (see
+    #: :func:`~amphora_heartbeat.tracker.judge_replay`).  None when the message
+    #: has no ``boot``, as Octavia's own agents' messages never do; Octavia's
+    #: receiver ignores the key.
+    boot: int | None = None
     #: The message version (``ver``); 0 when the key is absent.
     version: int = 0
     #: Whether the message had a ``ver`` key at all (the pre-versioning rule needs it).
@@ -234,14 +251,19 @@ class Heartbeat:
         :param recv_time: when it was received (seconds since the epoch).
         :param limits: bounds on its contents.
         :raises MalformedError: a wrong type, a missing field or a value over a
-            limit, naming the path of what is wrong.
+            limit, naming the path of what is wrong;
+            :class:`~amphora_heartbeat.errors.BadIdError`, its subclass, for an id
+            no database could hold.  Nothing else, whatever ``d`` holds (of
+            Python's own types: huge integers, deep nesting, keys that are not
+            strings, values JSON cannot express).
         """
         if type(d) is dict and cls is Heartbeat:
             try:
                 heartbeat = _parse_fast(d, recv_time, limits)
-            except (KeyError, TypeError):
-                # A key current agents always send is missing, or a member
-                # status is new or not a string: the careful path judges.
+            except (KeyError, TypeError, BytesWarning):
+                # A key current agents always send is missing, a member status
+                # is new, or something is not the type it should be (a bytes key
+                # meets a str one only under ``python -bb``): the careful path judges.
                 heartbeat = None
             if heartbeat is not None:
                 return heartbeat
@@ -257,9 +279,12 @@ class Heartbeat:
         """Return the message in its own version's wire shape.
 
         Members come out as mappings and every listener carries all five
-        counters; ``recv_time`` is not part of the message.
+        counters; ``boot`` only when the message had it; ``recv_time`` is not
+        part of the message.
         """
         message: dict[str, Any] = {"id": self.amphora_id, "seq": self.seq}
+        if self.boot is not None:
+            message["boot"] = self.boot
         if self.versioned:
             message["ver"] = self.version
         nested = self.version < 2
@@ -277,27 +302,146 @@ class Heartbeat:
 
 # --- parsing -------------------------------------------------------------------------
 # One explicit validation pass that builds the tree as it goes; no validators on
-# the classes, so a heartbeat costs only its object constructions.
+# the classes, so a heartbeat costs only its object constructions.  Whatever a
+# caller passes (values JSON cannot hold, huge integers, deep nesting, keys that
+# are not strings), only MalformedError comes out: every message below describes
+# a value with _show, never with its repr.
+
+
+def _show(value: Any) -> str:
+    """Describe a value briefly and safely: no whole repr of something huge or deep."""
+    kind = type(value)
+    if kind is int:
+        bits = value.bit_length()
+        return repr(value) if bits <= 64 else f"an integer of {bits} bits"
+    if kind is str:
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if value is None or kind is bool or kind is float:
+        return repr(value)
+    return f"a {kind.__name__}"
+
+
+def _key(key: Any) -> str:
+    """Return a key as a path segment: a string cut to 64 characters, else its type."""
+    return key[:64] if isinstance(key, str) else f"<{type(key).__name__}>"
 
 
 def _count(value: Any, path: str, maximum: int) -> int:
     if type(value) is not int or value < 0 or value > maximum:
         raise MalformedError(
-            path, f"expected a non-negative integer up to {maximum}, got {value!r:.40}"
+            path, f"expected a non-negative integer up to {maximum}, got {_show(value)}"
         )
     return value
 
 
-def _check_id(value: str, path: str, limits: Limits) -> None:
-    if len(value) > limits.max_id_length:
-        raise MalformedError(path, f"id longer than {limits.max_id_length} characters")
-    if not value.isascii():
-        # JSON may spell a lone surrogate ("\\ud800"); such an id could never be
-        # encoded for a database or a log file, so refuse it here.
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MalformedError(path, "id is not valid Unicode text") from None
+# --- ids ---------------------------------------------------------------------------
+# An id is 1 to max_id_length visible ASCII characters, "!" to "~": what a UUID's
+# text form is made of (Octavia's ids are UUIDs in VARCHAR(36) columns), and
+# nothing a database refuses (PostgreSQL: U+0000; any UTF-8 column: lone
+# surrogates; MySQL's 3-byte utf8: characters beyond U+FFFF), nothing that forges
+# or garbles a log line (control characters, bidirectional overrides), and no
+# space (MySQL compares VARCHARs ignoring trailing spaces: "amp-1 " would name
+# amp-1's row).
+
+
+def _visible_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+def _bad_char(value: str) -> str:
+    for i, char in enumerate(value):
+        if not "!" <= char <= "~":
+            return f"U+{ord(char):04X} at {i}"
+    return "nothing"  # pragma: no cover - only called for ids that have one
+
+
+def _check_id(value: Any, path: str, limits: Limits, what: str = "id") -> str:
+    """Return ``value`` if it is a valid id, else raise naming ``path``."""
+    # A str subclass passes, as it does the fast path's set lookup.
+    if not isinstance(value, str):
+        raise MalformedError(path, f"expected an {what} string, got {_show(value)}")
+    maximum = limits.max_id_length
+    if not 0 < len(value) <= maximum:
+        raise BadIdError(path, f"{what} must be 1 to {maximum} characters, got {len(value)}")
+    if not _visible_ascii(value):
+        raise BadIdError(path, f"{what} must be visible ASCII (! to ~), got {_bad_char(value)}")
+    return value
+
+
+# Ids repeat: an amphora reports the same listener, pool and member ids in every
+# heartbeat.  Checking an id's characters costs about 5 ns a character, 2 us for
+# a standard heartbeat's 13 ids; the fast path remembers the ids and pool keys
+# that passed instead, per max_id_length, so that one set lookup (whose hash a
+# dict key already carries) checks length and characters at once.  Bounded in
+# count and length (a pool key holds two ids: 73 characters), and emptied when
+# full, so hostile messages cost re-checks, never memory: at most about 6 MiB per
+# max_id_length in use, and 4 of those.
+_KNOWN_IDS_SIZE = 1 << 15
+_KNOWN_ID_LENGTH = 80
+
+
+class _Known:
+    """The ids and pool keys the fast path found valid under one ``max_id_length``."""
+
+    __slots__ = ("ids", "keys", "max_id")
+
+    def __init__(self, max_id: int) -> None:
+        self.max_id = max_id
+        self.ids: set[str] = set()
+        self.keys: set[str] = set()
+
+    def admit_id(self, value: Any) -> bool:
+        """Return whether ``value`` is a valid id; remember it if so."""
+        if type(value) is not str or not 0 < len(value) <= self.max_id:
+            return False
+        if not _visible_ascii(value):
+            return False
+        self._remember(self.ids, value)
+        return True
+
+    def admit_key(self, key: Any) -> bool:
+        """Return whether ``key`` is a valid pool key (each id in it valid); remember it if so."""
+        if type(key) is not str or not _visible_ascii(key):
+            return False
+        pool_id, sep, suffix = key.rpartition(":")
+        if not sep:
+            pool_id = key
+        if not 0 < len(pool_id) <= self.max_id or len(suffix) > self.max_id:
+            return False
+        self._remember(self.keys, key)
+        return True
+
+    def _remember(self, known: set[str], value: str) -> None:
+        if len(value) <= _KNOWN_ID_LENGTH:
+            if len(self.ids) + len(self.keys) >= _KNOWN_IDS_SIZE:
+                self.ids.clear()
+                self.keys.clear()
+            known.add(value)
+
+
+# One _Known per max_id_length in use (a few at most: they are made afresh beyond 4).
+_KNOWN: dict[int, _Known] = {}
+
+
+def _known(max_id: int) -> _Known:
+    known = _KNOWN.get(max_id)
+    if known is None:
+        if len(_KNOWN) >= 4:
+            _KNOWN.clear()
+        known = _KNOWN[max_id] = _Known(max_id)
+    return known
+
+
+def _split_pool_key(key: str, path: str, limits: Limits) -> tuple[str, str | None]:
+    """Return the pool id and listener id of a pool key, each checked as an id."""
+    pool_id, sep, suffix = key.rpartition(":")
+    if not sep:
+        pool_id = key
+    _check_id(pool_id, path, limits, "pool id")
+    if suffix and sep:
+        _check_id(suffix, path, limits, "listener id")
+        return pool_id, suffix
+    return pool_id, None
 
 
 def _stats(raw: Any, path: str) -> ListenerStats:
@@ -326,7 +470,7 @@ def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
         items = raw.items()
     elif type(raw) is list:
         # The list-of-one-key-objects form of Octavia's older documentation.
-        merged: dict[str, Any] = {}
+        merged: dict[Any, Any] = {}
         for i, item in enumerate(raw):
             if type(item) is not dict:
                 raise MalformedError(f"{path}[{i}]", "expected an object of member statuses")
@@ -340,38 +484,36 @@ def _members(raw: Any, path: str, limits: Limits) -> dict[str, MemberStatus]:
         raise MalformedError(path, f"more than {limits.max_members} members")
     parse = MemberStatus.parse
     members = {}
-    max_id = limits.max_id_length
     for mid, status in items:
+        member_path = f"{path}.{_key(mid)}"
+        _check_id(mid, member_path, limits, "member id")
         if type(status) is not str:
-            raise MalformedError(f"{path}.{mid:.64}", "expected a status string")
-        if len(mid) > max_id or not mid.isascii():
-            _check_id(mid, f"{path}.{mid:.64}", limits)
+            raise MalformedError(member_path, "expected a status string")
         members[mid] = parse(status)
     return members
 
 
-def _pool(key: str, raw: Any, listener_id: str | None, path: str, limits: Limits) -> PoolReport:
+def _pool(key: Any, raw: Any, listener_id: str | None, path: str, limits: Limits) -> PoolReport:
+    if not isinstance(key, str):
+        raise MalformedError(path, f"expected a pool key string, got {_show(key)}")
+    pool_id, suffix = _split_pool_key(key, path, limits)
     if type(raw) is not dict:
         raise MalformedError(path, "expected a pool object")
-    _check_id(key, path, limits)
     status = raw.get("status")
     if status is not None and type(status) is not str:
         raise MalformedError(path + ".status", "expected a status string")
     if "members" not in raw:
         raise MalformedError(path + ".members", "missing")
-    pool_id, sep, _ = key.rpartition(":")
-    if not sep:
-        pool_id = key
     return PoolReport(
         pool_id=pool_id,
-        listener_id=listener_id,
+        listener_id=suffix if listener_id is None else listener_id,
         status=status,
         members=_members(raw["members"], path + ".members", limits),
         key=key,
     )
 
 
-def _pools_object(raw: Any, path: str, limits: Limits) -> dict[str, Any]:
+def _pools_object(raw: Any, path: str, limits: Limits) -> dict[Any, Any]:
     if type(raw) is not dict:
         raise MalformedError(path, "expected an object of pools")
     if len(raw) > limits.max_pools:
@@ -383,10 +525,11 @@ def _parse(
     cls: type[Heartbeat], d: Mapping[str, Any], recv_time: float | None, limits: Limits
 ) -> Heartbeat:
     amphora_id = d.get("id")
-    if type(amphora_id) is not str or not amphora_id:
-        raise MalformedError("id", "expected a non-empty amphora id string")
-    _check_id(amphora_id, "id", limits)
+    if amphora_id is None:
+        raise MalformedError("id", "expected an amphora id string, got None")
+    amphora_id = _check_id(amphora_id, "id", limits, "amphora id")
     seq = _count(d.get("seq", 0), "seq", _MAX_SEQ)
+    boot = _count(d["boot"], "boot", _MAX_SEQ) if "boot" in d else None
     versioned = "ver" in d
     version = _count(d["ver"], "ver", _MAX_SEQ) if versioned else 0
     raw_listeners = d.get("listeners")
@@ -401,10 +544,10 @@ def _parse(
     owned: dict[str, dict[str, PoolReport]] = {}
     total_pools = 0
     for lid, raw in raw_listeners.items():
-        path = "listeners." + lid[:64]
+        path = "listeners." + _key(lid)
+        _check_id(lid, path, limits, "listener id")
         if type(raw) is not dict:
             raise MalformedError(path, "expected a listener object")
-        _check_id(lid, path, limits)
         status = raw.get("status")
         if type(status) is not str:
             raise MalformedError(path + ".status", "expected a status string")
@@ -421,7 +564,7 @@ def _parse(
                 if total_pools > limits.max_pools:
                     raise MalformedError(path + ".pools", f"more than {limits.max_pools} pools")
                 for key, praw in raw_pools.items():
-                    pool = _pool(key, praw, lid, f"{path}.pools.{key:.80}", limits)
+                    pool = _pool(key, praw, lid, f"{path}.pools.{_key(key):.80}", limits)
                     own[pool.pool_id] = pool
                     pools[pool.pool_id] = pool
         listeners[lid] = ListenerReport(listener_id=lid, status=status, stats=stats, pools=own)
@@ -433,8 +576,7 @@ def _parse(
             )
         raw_pools = _pools_object(d["pools"], "pools", limits)
         for key, praw in raw_pools.items():
-            _, sep, suffix = key.rpartition(":")
-            pool = _pool(key, praw, suffix if sep and suffix else None, f"pools.{key:.80}", limits)
+            pool = _pool(key, praw, None, f"pools.{_key(key):.80}", limits)
             pools.pop(pool.pool_id, None)  # the last entry wins, at its own position
             pools[pool.pool_id] = pool
         for pool in pools.values():
@@ -444,6 +586,7 @@ def _parse(
     return cls(
         amphora_id=amphora_id,
         seq=seq,
+        boot=boot,
         version=version,
         versioned=versioned,
         listeners=listeners,
@@ -453,8 +596,8 @@ def _parse(
 
 
 # --- the fast path -------------------------------------------------------------------
-# What current amphorae send (version 2 or later, members as an object, ASCII ids,
-# no pool id twice) is validated by _parse_fast in one tight pass that builds the
+# What current amphorae send (version 2 or later, members as an object, no pool
+# id twice) is validated by _parse_fast in one tight pass that builds the
 # tree as it goes, with no error paths prepared and objects made directly through
 # their slots (each class's own __init__ costs about a third more).  At the first
 # thing it does not expect it returns None (or a missing key or an uncached
@@ -480,23 +623,41 @@ _STATS_SET = _slot_setters(
 _LISTENER_SET = _slot_setters(ListenerReport, "listener_id", "status", "stats", "pools")
 _POOL_SET = _slot_setters(PoolReport, "pool_id", "listener_id", "status", "members", "key")
 _HEARTBEAT_SET = _slot_setters(
-    Heartbeat, "amphora_id", "seq", "version", "versioned", "listeners", "pools", "recv_time"
+    Heartbeat,
+    "amphora_id",
+    "seq",
+    "boot",
+    "version",
+    "versioned",
+    "listeners",
+    "pools",
+    "recv_time",
 )
+_NO_BOOT = object()
 
 
 def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> Heartbeat | None:
     # Subscripts rather than .get(): cheaper, and a KeyError ends the fast path.
     amphora_id = d["id"]
     seq = d.get("seq", 0)
+    boot = d.get("boot", _NO_BOOT)
     version = d["ver"]
     raw_listeners = d["listeners"]
     raw_pools = d["pools"]
     max_id = limits.max_id_length
+    # An id or pool key found in its set passed every check before; one that is
+    # not is checked (and remembered) by admit_id or admit_key.
+    known = _KNOWN.get(max_id) or _known(max_id)
+    ids = known.ids
+    keys = known.keys
+    admit_id = known.admit_id
+    if boot is _NO_BOOT:
+        boot = None
+    elif type(boot) is not int or not 0 <= boot <= _MAX_SEQ:
+        return None
     if (
         type(amphora_id) is not str
-        or not amphora_id
-        or len(amphora_id) > max_id
-        or not amphora_id.isascii()
+        or (amphora_id not in ids and not admit_id(amphora_id))
         or type(seq) is not int
         or not 0 <= seq <= _MAX_SEQ
         or type(version) is not int
@@ -519,8 +680,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
         if (
             type(status) is not str
             or type(counters) is not dict
-            or len(lid) > max_id
-            or not lid.isascii()
+            or (lid not in ids and not admit_id(lid))
         ):
             return None
         rx = counters["rx"]
@@ -557,6 +717,7 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
 
     set_pid, set_plid, set_pstatus, set_members, set_key = _POOL_SET
     max_members = limits.max_members
+    statuses = _MEMBER_CACHE
     pools: dict[str, PoolReport] = {}
     for key, raw in raw_pools.items():
         if type(raw) is not dict:
@@ -567,22 +728,24 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
             (status is not None and type(status) is not str)
             or type(raw_members) is not dict
             or len(raw_members) > max_members
-            or len(key) > max_id
-            or not key.isascii()
+            or (key not in keys and not known.admit_key(key))
         ):
             return None
-        members: dict[str, MemberStatus] = {}
-        for mid, raw_status in raw_members.items():
-            if len(mid) > max_id or not mid.isascii():
-                return None
-            # Only strings are cached: a status never seen (or not a string)
-            # is a KeyError or TypeError, and the careful path parses it.
-            members[mid] = _MEMBER_CACHE[raw_status]
         pool_id, sep, suffix = key.rpartition(":")
         if not sep:
             pool_id = key
         if pool_id in pools:
             return None  # the careful path keeps the last entry, at its position
+        members: dict[str, MemberStatus] = {}
+        for mid, raw_status in raw_members.items():
+            if (
+                (mid not in ids and not admit_id(mid))
+                # Only strings are looked up: hashing a deep tuple could exhaust the stack.
+                or type(raw_status) is not str
+            ):
+                return None
+            # A status never seen is a KeyError, and the careful path parses it.
+            members[mid] = statuses[raw_status]
         listener_id = suffix if sep and suffix else None
         pool = _new(PoolReport)
         set_pid(pool, pool_id)
@@ -597,9 +760,19 @@ def _parse_fast(d: dict[str, Any], recv_time: float | None, limits: Limits) -> H
                 own_pools[pool_id] = pool
 
     heartbeat = _new(Heartbeat)
-    set_id, set_seq, set_version, set_versioned, set_listeners, set_pools, set_recv = _HEARTBEAT_SET
+    (
+        set_id,
+        set_seq,
+        set_boot,
+        set_version,
+        set_versioned,
+        set_listeners,
+        set_pools,
+        set_recv,
+    ) = _HEARTBEAT_SET
     set_id(heartbeat, amphora_id)
     set_seq(heartbeat, seq)
+    set_boot(heartbeat, boot)
     set_version(heartbeat, version)
     set_versioned(heartbeat, True)
     set_listeners(heartbeat, listeners)

@@ -9,7 +9,10 @@ manager would write for the load balancer, its listeners, pools and members.
 Nothing here touches a database, a socket or a clock: ``now`` is an argument.
 The rules follow ``spec/rules.md`` step by step, in its order, so that the same
 inputs give the same statuses as Octavia's own health manager.  The module logs
-(at WARNING) only statuses an amphora should never send, as Octavia does; the
+(at WARNING) only statuses an amphora should never send, as Octavia does, but
+rate-limited: one line per kind (listener, pool, member status) per 10 seconds
+of ``now``, then how many were left out (:mod:`amphora_heartbeat.logs`), where
+Octavia logs one line per listener, pool and member of every heartbeat.  The
 outcome's :attr:`HealthUpdate.reason` already tells the caller why a heartbeat
 was not recorded, so that is logged at DEBUG only.
 """
@@ -22,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from .logs import RateLimitedLogger
 from .models import Heartbeat, MemberKind, PoolReport
 
 __all__ = [
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("amphora_heartbeat.rules")
+# Unknown statuses come from the network, once per listener, pool or member of
+# every heartbeat: one line per kind per window, timed by derive()'s ``now``.
+_STATUS_WARNINGS = RateLimitedLogger(_LOG, interval=10.0)
 
 #: Operating statuses the rules write (Octavia's lookup values).
 ONLINE = "ONLINE"
@@ -414,7 +421,7 @@ def derive(
         reason = LISTENER_COUNT_MISMATCH
 
     # Step 2: operating statuses, in the spec's order.
-    judge = _StatusPass(ONLINE if view.enabled else OFFLINE)
+    judge = _StatusPass(ONLINE if view.enabled else OFFLINE, now)
     active = view.provisioning_status == "ACTIVE"
     nested = heartbeat.version < 2
     view_pools = view.pools
@@ -435,7 +442,9 @@ def derive(
                     judge.lb_status = DEGRADED
             else:
                 new = None
-                _LOG.warning("listener %s reported status %.64r", lid, status)
+                _STATUS_WARNINGS.warning(
+                    "listener_status", "listener %s reported status %.64r", lid, status, now=now
+                )
         if new is not None and _differs(lv.operating_status, new):
             listener_changes[lid] = new
         if report is not None and nested:
@@ -467,10 +476,18 @@ def derive(
 class _StatusPass:
     """The mutable state of one pass over a view's pools (private to :func:`derive`)."""
 
-    __slots__ = ("lb_status", "maybe_offline", "member_changes", "pool_changes", "processed")
+    __slots__ = (
+        "lb_status",
+        "maybe_offline",
+        "member_changes",
+        "now",
+        "pool_changes",
+        "processed",
+    )
 
-    def __init__(self, lb_status: str) -> None:
+    def __init__(self, lb_status: str, now: float) -> None:
         self.lb_status = lb_status
+        self.now = now
         self.processed: set[str] = set()
         self.maybe_offline: dict[str, str] = {}
         self.pool_changes: dict[str, str] = {}
@@ -501,7 +518,9 @@ class _StatusPass:
             self.lb_status = ERROR
         else:
             pool_status = None
-            _LOG.warning("pool %s reported status %.64r", pid, status)
+            _STATUS_WARNINGS.warning(
+                "pool_status", "pool %s reported status %.64r", pid, status, now=self.now
+            )
 
         members = report.members
         member_changes = self.member_changes
@@ -532,7 +551,13 @@ class _StatusPass:
                 elif kind is _RESTARTING:
                     continue  # keepalived restarting: keep the status until it knows
                 else:
-                    _LOG.warning("member %s reported status %.64r", mid, reported_member.raw)
+                    _STATUS_WARNINGS.warning(
+                        "member_status",
+                        "member %s reported status %.64r",
+                        mid,
+                        reported_member.raw,
+                        now=self.now,
+                    )
                     continue
             if current != new and current.lower() != new.lower():
                 member_changes[mid] = new

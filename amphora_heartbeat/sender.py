@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .envelope import Codec, Digest, Key, wrap_envelope
 from .models import Heartbeat
@@ -73,6 +74,14 @@ class UDPStatusSender:
     :param codec: payload compression; :attr:`Codec.ZLIB` is what every deployed
         Octavia controller accepts.
     :param digest: trailer form; :attr:`Digest.HEX` likewise.
+    :param boot: when the agent started, in whole seconds since the epoch, which
+        :meth:`next_heartbeat` writes as the message's ``boot`` so that a
+        receiver can tell a restart from a replay
+        (:func:`~amphora_heartbeat.tracker.judge_replay`); ``"now"`` (the
+        default) is the time the sender is made, None writes no ``boot``
+        (Octavia's own message shape).  Octavia's receiver ignores the key.  It
+        must grow from one start of the agent to the next: pass a value kept on
+        disk if the clock may be set back across a restart.
     :raises ValueError: an empty list or an address that is not ``ip:port``.
     """
 
@@ -83,6 +92,7 @@ class UDPStatusSender:
         *,
         codec: Codec = Codec.ZLIB,
         digest: Digest = Digest.HEX,
+        boot: int | Literal["now"] | None = "now",
     ) -> None:
         if not isinstance(key, (str, bytes)):
             raise TypeError(f"a heartbeat key must be str or bytes, not {type(key).__name__}")
@@ -98,6 +108,12 @@ class UDPStatusSender:
         self._closed = False
         #: The seq :meth:`next_heartbeat` writes next (the agent counts from 0).
         self.seq = 0
+        if boot == "now":
+            boot = int(time.time())
+        elif boot is not None and (type(boot) is not int or boot < 0):
+            raise ValueError(f"boot must be whole seconds since the epoch, not {boot!r}")
+        #: The ``boot`` :meth:`next_heartbeat` writes (None: none).
+        self.boot: int | None = boot
         self.update_controllers(controllers)
 
     def __repr__(self) -> str:
@@ -123,15 +139,19 @@ class UDPStatusSender:
             self._next = 0
 
     def next_heartbeat(self, message: Mapping[str, Any] | Heartbeat) -> dict[str, Any]:
-        """Return a copy of ``message`` carrying the next seq, and count it.
+        """Return a copy of ``message`` carrying the next seq and the sender's boot; count it.
 
         Seqs go 0, 1, 2, ... from :attr:`seq`, as the agent numbers its
-        heartbeats from its start.
+        heartbeats from its start; ``boot`` is :attr:`boot` (left out when None).
         """
         out = message.to_dict() if isinstance(message, Heartbeat) else dict(message)
         with self._lock:
             out["seq"] = self.seq
             self.seq += 1
+        if self.boot is None:
+            out.pop("boot", None)
+        else:
+            out["boot"] = self.boot
         return out
 
     def dosend(self, heartbeat: Mapping[str, Any] | Heartbeat) -> bool:

@@ -27,17 +27,39 @@ The policy, after Octavia's health manager (``spec/rules.md``, step 4):
 - otherwise every stale amphora is failed over (and marked busy).  A failed
   failover is released and retried, unlike Octavia, which leaves it busy forever.
 
-:class:`SeqGuard` is an optional replay guard over heartbeat sequence numbers.
+:func:`judge_replay` is the replay guard over heartbeat sequence numbers (and the
+optional ``boot`` this library's sender adds), a pure function of the stored
+state; :class:`SeqGuard` keeps those states in memory.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
+from typing import Protocol
 
 import attrs
 
-__all__ = ["FailoverDecision", "HealthTracker", "SeqGuard", "decide"]
+__all__ = [
+    "BOOT_MISSING",
+    "DEFAULT_SEQ_WINDOW",
+    "DUPLICATE",
+    "FIRST",
+    "NEWER",
+    "NEW_BOOT",
+    "OLDER",
+    "OLD_BOOT",
+    "REPLAY_REASONS",
+    "RESTART",
+    "FailoverDecision",
+    "HealthTracker",
+    "Numbered",
+    "ReplayState",
+    "ReplayVerdict",
+    "SeqGuard",
+    "decide",
+    "judge_replay",
+]
 
 _LOG = logging.getLogger("amphora_heartbeat.tracker")
 
@@ -237,45 +259,177 @@ class HealthTracker:
         return None if first_unheld is None else max(gate, first_unheld)
 
 
-class SeqGuard:
-    """Flag heartbeats whose sequence number is not newer than the last one seen.
+# --- replays ----------------------------------------------------------------------------
+# A replayed datagram carries a valid HMAC, so the envelope cannot refuse it; the
+# agent's seq (one more per heartbeat, 0 at the agent's start) is the only order
+# Octavia's message has, and it has no timestamp: a replay of heartbeats sent
+# before an agent restart cannot be told from the restart itself.  This
+# library's sender adds ``boot`` (when the agent started, whole seconds since
+# the epoch), which orders restarts and so closes that gap for its own agents.
 
-    A replayed datagram carries a valid HMAC, so the envelope cannot refuse it;
-    the agent's ``seq`` (one more per heartbeat, 0 at the agent's start) is the
-    only ordering the wire format has.  Limits, honestly:
+#: Accepted: the guard had nothing stored for the amphora.
+FIRST = "first"
+#: Accepted: a higher seq than the newest, in the same boot (or without boots).
+NEWER = "newer"
+#: Accepted: no boots, and a seq at least ``window`` below the newest: a restart.
+RESTART = "restart"
+#: Accepted: a later boot than the newest (the agent restarted), or the first boot.
+NEW_BOOT = "new_boot"
+#: Refused: the newest seq again, in the same boot.
+DUPLICATE = "duplicate"
+#: Refused: a lower seq in the same boot; or, without boots, less than ``window`` below.
+OLDER = "older"
+#: Refused: an earlier boot than the newest.
+OLD_BOOT = "old_boot"
+#: Refused: no boot, after heartbeats of the amphora carried one.
+BOOT_MISSING = "boot_missing"
+#: Every reason a heartbeat is refused as a replay, as stable counter names.
+REPLAY_REASONS = (DUPLICATE, OLDER, OLD_BOOT, BOOT_MISSING)
 
-    - the format has no timestamp and no nonce: a captured heartbeat with a seq
-      higher than the agent's current one passes, and after an agent restart
-      (seq back to 0) every captured heartbeat from before the restart does;
-    - a restart is recognised by a seq below ``restart_below`` that is lower
-      than the last one seen; so a captured early heartbeat (seq below that
-      bound) also passes, once, and rolls the guard back;
-    - with several controllers each one sees every N-th seq (round robin), so
-      gaps are normal and never flagged;
-    - memory grows with the number of amphorae; call :meth:`forget` for gone ones.
+#: The default window: a restart within the agent's first 3 heartbeats costs at
+#: most 3 refused heartbeats (30 s at Octavia's 10 s ``heartbeat_interval``),
+#: half its 60 s ``heartbeat_timeout``.
+DEFAULT_SEQ_WINDOW = 3
 
-    Treat a flagged heartbeat as suspicious (count it, drop it), not as proof.
+
+class Numbered(Protocol):
+    """Anything with a ``seq`` and a ``boot``: a :class:`~amphora_heartbeat.models.Heartbeat`."""
+
+    @property
+    def seq(self) -> int:
+        """The heartbeat's sequence number."""
+
+    @property
+    def boot(self) -> int | None:
+        """When its agent started (whole seconds since the epoch), or None."""
+
+
+@attrs.frozen
+class ReplayState:
+    """What the replay guard keeps per amphora: the newest heartbeat's seq and boot.
+
+    Two integers (``boot`` may be NULL), so a manager can keep them in its
+    database, across restarts and shared by several managers.
     """
 
-    def __init__(self, *, restart_below: int = 16) -> None:
-        """Track sequence numbers; a lower seq below ``restart_below`` means a restart."""
-        if restart_below < 1:
-            raise ValueError(f"restart_below must be at least 1, got {restart_below}")
-        self.restart_below = restart_below
-        self._last: dict[str, int] = {}
+    #: The newest accepted seq.
+    seq: int
+    #: The boot of the newest accepted heartbeat, or None if it had none.
+    boot: int | None = None
+
+
+@attrs.frozen
+class ReplayVerdict:
+    """What :func:`judge_replay` decided about one heartbeat."""
+
+    #: Whether to take the heartbeat (False: a duplicate or a replay; drop it).
+    accepted: bool
+    #: Why: one of the names above (:data:`REPLAY_REASONS` when refused).
+    reason: str
+    #: The state to keep: the heartbeat's when accepted, the old one when refused.
+    state: ReplayState
+
+
+def judge_replay(
+    state: ReplayState | None, heartbeat: Numbered, *, window: int = DEFAULT_SEQ_WINDOW
+) -> ReplayVerdict:
+    """Judge one heartbeat against the stored state of its amphora: take it, or drop it.
+
+    State in, decision and new state out, with nothing kept here: the caller
+    stores :attr:`ReplayVerdict.state` (in memory, or in its database).
+
+    - With a ``boot`` on both sides, boots order restarts: a later boot is
+      taken, an earlier one refused; within one boot only a higher seq is taken.
+    - Once an amphora's heartbeats carried a boot, one without is refused.
+    - Without boots (Octavia's own agents), a higher seq is taken; the same
+      seq, or a lower one less than ``window`` below the newest, is refused; a
+      seq ``window`` or more below is taken as a restart (seq starts again at 0).
+      A replay of heartbeats older than that passes too: the message has no
+      timestamp, so nothing can tell it from a restart.
+
+    :param state: the amphora's state, or None if nothing was stored yet.
+    :param heartbeat: the heartbeat (anything with ``seq`` and ``boot``).
+    :param window: how far below the newest seq a lower one counts as a restart
+        rather than a replay (at least 1).
+    :raises ValueError: a window below 1.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    seq, boot = heartbeat.seq, heartbeat.boot
+    heard = ReplayState(seq, boot)
+    if state is None:
+        return ReplayVerdict(True, FIRST, heard)
+    if boot is not None:
+        if state.boot is None or boot > state.boot:
+            return ReplayVerdict(True, NEW_BOOT, heard)
+        if boot < state.boot:
+            return ReplayVerdict(False, OLD_BOOT, state)
+        # The same boot: an agent never counts down, whatever the gap.
+        if seq > state.seq:
+            return ReplayVerdict(True, NEWER, heard)
+        return ReplayVerdict(False, DUPLICATE if seq == state.seq else OLDER, state)
+    if state.boot is not None:
+        return ReplayVerdict(False, BOOT_MISSING, state)
+    if seq > state.seq:
+        return ReplayVerdict(True, NEWER, heard)
+    if seq == state.seq:
+        return ReplayVerdict(False, DUPLICATE, state)
+    if seq > state.seq - window:
+        return ReplayVerdict(False, OLDER, state)
+    return ReplayVerdict(True, RESTART, heard)
+
+
+class SeqGuard:
+    """Drop duplicated and replayed heartbeats: :func:`judge_replay` over states kept in memory.
+
+    Treat a refused heartbeat as suspicious (count it, drop it), not as proof.
+    What it catches, honestly:
+
+    - the same datagram twice, and a replay of any heartbeat the agent sent
+      since it last started, when the agent's heartbeats carry ``boot`` (this
+      library's sender adds it), and of any heartbeat of an earlier start;
+    - without ``boot`` (Octavia's own agents), only the newest heartbeat again
+      and those less than ``window`` older: a lower seq than that is taken as
+      the agent restarting (its seq starts again at 0), so a replay of older
+      heartbeats passes, and so does, after a restart, a replay of anything
+      from before it;
+    - without ``boot``, an agent restarting within its first ``window``
+      heartbeats has up to ``window`` heartbeats refused, until its seq passes
+      the newest one seen;
+    - a key holder can send a heartbeat with a later boot for any amphora and so
+      have the real agent's heartbeats refused until the amphora is failed
+      over: accept heartbeats only from the amphora's own address too;
+    - with several controllers each sees every N-th seq (round robin): gaps are
+      normal and never refused;
+    - memory grows with the number of amphorae; call :meth:`forget` for gone ones.
+    """
+
+    def __init__(self, *, window: int = DEFAULT_SEQ_WINDOW) -> None:
+        """Keep one :class:`ReplayState` per amphora; see :func:`judge_replay` for ``window``."""
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.window = window
+        self._states: dict[str, ReplayState] = {}
 
     def __len__(self) -> int:
         """Return how many amphorae are tracked."""
-        return len(self._last)
+        return len(self._states)
 
-    def check(self, amphora_id: str, seq: int) -> bool:
-        """Return True and remember ``seq`` if it is newer (or a restart), else False."""
-        last = self._last.get(amphora_id)
-        if last is None or seq > last or (seq < last and seq < self.restart_below):
-            self._last[amphora_id] = seq
-            return True
-        return False
+    def check(self, amphora_id: str, seq: int, boot: int | None = None) -> bool:
+        """Return True and remember the heartbeat if it is to be taken, else False."""
+        return self.judge(amphora_id, ReplayState(seq, boot)).accepted
+
+    def judge(self, amphora_id: str, heartbeat: Numbered) -> ReplayVerdict:
+        """Judge a heartbeat of ``amphora_id`` (see :func:`judge_replay`), keeping the new state."""
+        verdict = judge_replay(self._states.get(amphora_id), heartbeat, window=self.window)
+        if verdict.accepted:
+            self._states[amphora_id] = verdict.state
+        return verdict
+
+    def state(self, amphora_id: str) -> ReplayState | None:
+        """Return what the guard keeps for ``amphora_id``, or None."""
+        return self._states.get(amphora_id)
 
     def forget(self, amphora_id: str) -> None:
         """Stop tracking the amphora."""
-        self._last.pop(amphora_id, None)
+        self._states.pop(amphora_id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -181,3 +182,137 @@ def test_no_fd_leak_after_serve_and_updates() -> None:
     before = open_fds()
     asyncio.run(main())
     assert open_fds() == before
+
+
+# --- the handler queue is bounded in bytes ------------------------------------------------
+
+
+def test_a_slow_handler_makes_the_oldest_heartbeats_drop_not_memory_grow() -> None:
+    """Behind a blocked handler, queued heartbeats stay under max_queued_bytes; drops counted."""
+    message = build_message(listeners=2, members=50)
+    size = aio.estimated_size(Heartbeat.from_dict(message))
+    total = 200
+    handled: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow(heartbeat: Heartbeat, srcaddr: str) -> None:
+        await gate.wait()
+        handled.append(heartbeat.seq)
+
+    async def main() -> dict[str, int]:
+        async with aio.serve(
+            "k", "127.0.0.1", 0, health_handler=slow, max_queued_bytes=5 * size
+        ) as server:
+            with UDPStatusSender("k", [format_address(server.address)]) as sender:
+                for seq in range(total):
+                    sender.dosend(dict(message, seq=seq))
+                    if seq % 20 == 19:
+                        await until(lambda s=seq: server.counters["received"] > s, "the datagrams")
+                        assert server.queued_bytes <= 5 * size
+            counters = server.counters
+            # One heartbeat is with the handler, five wait: the rest were dropped, oldest first.
+            assert counters["accepted"] == total
+            assert counters["queue_dropped"] == total - 6
+            gate.set()
+            await until(lambda: len(handled) == 6, "the heartbeats kept")
+            return dict(server.counters)
+
+    counters = asyncio.run(main())
+    # The first one the handler took (whichever was oldest then), then the newest five.
+    assert handled[0] < total - 5
+    assert handled[1:] == list(range(total - 5, total))
+    assert counters["queue_dropped"] == total - 6
+
+
+def test_a_heartbeat_larger_than_the_queue_is_dropped_itself() -> None:
+    """A heartbeat whose size alone exceeds max_queued_bytes is dropped and counted."""
+    seen: list[int] = []
+
+    async def main() -> dict[str, int]:
+        async with aio.serve(
+            "k",
+            "127.0.0.1",
+            0,
+            health_handler=lambda hb, src: seen.append(hb.seq),
+            max_queued_bytes=2048,
+        ) as server:
+            with UDPStatusSender("k", [format_address(server.address)]) as sender:
+                sender.dosend(build_message(seq=1, listeners=4, members=40))
+                sender.dosend(build_message(seq=2, listeners=0, pools=0))
+                await until(lambda: seen == [2], "the small heartbeat")
+            return dict(server.counters)
+
+    counters = asyncio.run(main())
+    assert counters["accepted"] == 2
+    assert counters["queue_dropped"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, None])
+def test_bad_max_queued_bytes_is_a_value_error(bad: object) -> None:
+    """A queue bound that is not a positive int fails before anything is bound."""
+    before = open_fds()
+
+    async def main() -> None:
+        async with aio.serve("k", "127.0.0.1", 0, max_queued_bytes=bad):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(ValueError, match="max_queued_bytes"):
+        asyncio.run(main())
+    assert open_fds() <= before + 2  # the event loop's own, if any
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"listeners": 0, "pools": 0},
+        {"listeners": 2, "members": 4},
+        {"listeners": 10, "pools": 20, "members": 50},
+        {"listeners": 1, "members": 3000},
+    ],
+    ids=["empty", "standard", "many-pools", "many-members"],
+)
+def test_estimated_size_is_at_least_the_memory_a_heartbeat_holds(shape: dict[str, int]) -> None:
+    """The estimate the queue bound uses is never below what tracemalloc measures."""
+    import gc
+    import tracemalloc
+
+    from amphora_heartbeat.envelope import Unwrapper
+
+    datagram = wrap_envelope(build_message(**shape), "k")
+    unwrapper = Unwrapper("k")
+    Heartbeat.from_dict(unwrapper.unwrap(datagram))  # warm the shared caches
+    gc.collect()
+    tracemalloc.start()
+    try:
+        kept = [Heartbeat.from_dict(unwrapper.unwrap(datagram)) for _ in range(50)]
+        measured = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert aio.estimated_size(kept[0]) >= measured
+    assert aio.estimated_size(kept[0]) <= 3 * measured + 4096  # an estimate, not a wild guess
+
+
+def test_a_handler_failing_every_time_logs_a_few_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every failure is counted in handler_errors; only 5 tracebacks per 10 s are logged."""
+    total = 40
+
+    def broken(heartbeat: Heartbeat, srcaddr: str) -> None:
+        raise RuntimeError("handler bug")
+
+    async def main() -> dict[str, int]:
+        async with aio.serve("k", "127.0.0.1", 0, health_handler=broken) as server:
+            with UDPStatusSender("k", [format_address(server.address)]) as sender:
+                for seq in range(total):
+                    sender.dosend(build_message(seq=seq))
+                    await until(lambda s=seq: server.counters["handler_errors"] > s, "the error")
+            return dict(server.counters)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="amphora_heartbeat"):
+        counters = asyncio.run(main())
+    windows = 1 + int((time.monotonic() - started) // 10)
+    assert counters["handler_errors"] == total
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert 5 <= len(tracebacks) <= 5 * windows

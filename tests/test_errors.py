@@ -7,6 +7,7 @@ import pytest
 from amphora_heartbeat import errors
 from amphora_heartbeat.errors import (
     REASONS,
+    BadIdError,
     HeartbeatError,
     InvalidHMACError,
     MalformedError,
@@ -25,6 +26,7 @@ CLASSES = [
     (NotJSONError, "not_json"),
     (NotObjectError, "not_object"),
     (MalformedError, "malformed"),
+    (BadIdError, "bad_id"),
 ]
 
 
@@ -46,6 +48,15 @@ def test_every_exported_subclass_is_in_reasons() -> None:
     exported = [getattr(errors, name) for name in errors.__all__]
     subclasses = {c for c in exported if isinstance(c, type) and issubclass(c, HeartbeatError)}
     assert {c.reason for c in subclasses if c is not HeartbeatError} == set(REASONS)
+
+
+def test_bad_id_is_a_malformed_error_with_its_own_counter() -> None:
+    """BadIdError is caught by except MalformedError, keeps path and problem, counts apart."""
+    exc = BadIdError("listeners.l\x00", "listener id must be visible ASCII")
+    assert isinstance(exc, MalformedError)
+    assert exc.reason == "bad_id" != MalformedError.reason
+    assert exc.path == "listeners.l\\x00"
+    assert str(exc) == "listeners.l\\x00: listener id must be visible ASCII"
 
 
 def test_heartbeat_error_keeps_its_message() -> None:

@@ -14,12 +14,12 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-from _net import DEADLINE, HOSTS
+from _net import DEADLINE, HOSTS, needs_ipv6
 
 from amphora_heartbeat import Codec, Digest, Heartbeat, HeartbeatError, Limits
 from amphora_heartbeat.envelope import get_hmac, wrap_envelope
 from amphora_heartbeat.errors import REASONS, InvalidHMACError
-from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.getter import UDPStatusGetter, normalize_host
 from amphora_heartbeat.sender import UDPStatusSender, format_address
 from amphora_heartbeat.testing import build_message
 
@@ -125,6 +125,7 @@ def _bad_packets(key: str) -> dict[str, bytes]:
         "not_json": signed(zlib.compress(b"{not json")),
         "not_object": signed(zlib.compress(b"[1, 2]")),
         "malformed": wrap_envelope({"seq": 1, "listeners": {}}, key),
+        "bad_id": wrap_envelope({"id": "amp\u0000", "listeners": {}}, key),
     }
 
 
@@ -143,9 +144,10 @@ def test_bad_packets_interleaved_with_good_all_counted(host: str) -> None:
                 sender.send_envelope(packet)
                 sent += 2
         got = drain(getter, sent)
-    assert sorted(h.seq for h in got) == sorted(r * 100 + i for r in range(3) for i in range(7))
+    kinds = len(bad)
+    assert sorted(h.seq for h in got) == sorted(r * 100 + i for r in range(3) for i in range(kinds))
     counters = getter.counters
-    assert counters["accepted"] == 21
+    assert counters["accepted"] == 3 * kinds
     for reason in REASONS:
         assert counters[f"rejected.{reason}"] == 3, reason
     assert counters["received"] == sent
@@ -175,6 +177,31 @@ def test_check_survives_raising_handler(caplog: pytest.LogCaptureFixture) -> Non
     assert seen == [0, 1, 2]
     assert getter.counters["handler_errors"] == 3
     assert any(r.exc_info and "handler bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_a_failing_handler_logs_a_few_tracebacks_not_one_per_heartbeat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler failing on every heartbeat is counted each time but logged 5 times per 10 s."""
+
+    def broken(heartbeat: Heartbeat, srcaddr: str) -> None:
+        raise RuntimeError("handler bug")
+
+    total = 200
+    with (
+        UDPStatusGetter("k", "127.0.0.1", 0, timeout=DEADLINE, health_handler=broken) as getter,
+        UDPStatusSender("k", [format_address(getter.address)]) as sender,
+        caplog.at_level(logging.ERROR, logger="amphora_heartbeat"),
+    ):
+        started = time.monotonic()
+        for seq in range(total):
+            sender.dosend(build_message(seq=seq))
+            assert getter.check() is not None
+        windows = 1 + int((time.monotonic() - started) // 10)
+    assert getter.counters["handler_errors"] == total
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert 5 <= len(tracebacks) <= 5 * windows
+    assert all("handler bug" in str(r.exc_info[1]) for r in tracebacks if r.exc_info)
 
 
 def test_subclass_overrides_update_hooks() -> None:
@@ -235,10 +262,10 @@ def test_rejections_logged_rate_limited_without_key(caplog: pytest.LogCaptureFix
         with pytest.raises(InvalidHMACError):
             getter.handle_datagram(datagram, ("192.0.2.9", 1), now=200.0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert 2 <= len(warnings) <= 10
+    assert len(warnings) == 7  # 5 in the first window, the count left out, 1 more
     assert "192.0.2.9" in warnings[0]
     assert "invalid_hmac" in warnings[0]
-    assert any("more rejected" in w for w in warnings)
+    assert warnings[5] == "195 more invalid_hmac lines not logged (at most 5 per 10 s)"
     assert all(key not in r.getMessage() for r in caplog.records)
     assert getter.counters["rejected.invalid_hmac"] == 201
 
@@ -261,6 +288,55 @@ def test_key_ring_rotation_loses_no_heartbeat(host: str) -> None:
     assert getter.counters["accepted"] == 41
 
 
+def _in_syscall_on(thread: threading.Thread, fd: int) -> bool | None:
+    """Return whether ``thread`` is blocked in a system call on ``fd``; None if unknowable.
+
+    Linux shows a blocked thread's system call and its arguments in
+    /proc/self/task/<tid>/syscall ("<number> <arg0> ..."; "running" otherwise):
+    a readiness signal that needs no sleep.
+    """
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall", encoding="ascii") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    return len(fields) > 1 and fields[0].isdigit() and int(fields[1], 16) == fd
+
+
+def test_a_key_rotated_while_dorecv_waits_judges_the_next_datagram() -> None:
+    """A thread already blocked in dorecv() judges the datagram with the key ring in force then."""
+    getter = UDPStatusGetter("k0", "127.0.0.1", 0, timeout=None)
+    outcome: list[object] = []
+
+    def receive() -> None:
+        try:
+            outcome.append(getter.dorecv()[0])
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=receive)
+    try:
+        thread.start()
+        fd = getter.fileno()
+        if _in_syscall_on(threading.current_thread(), -1) is None:
+            pytest.skip("this system does not show a thread's system call in /proc")
+        wait_for(lambda: bool(_in_syscall_on(thread, fd)), "dorecv to block in recvfrom")
+        getter.update(["k1", "k0"])  # key only: the same socket, no wake-up
+        assert getter.fileno() == fd
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(build_message(seq=42), "k1"), getter.address)
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+    finally:
+        getter.close()
+        thread.join(DEADLINE)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Heartbeat), outcome[0]
+    assert outcome[0].seq == 42
+    assert getter.counters["accepted"] == 1
+    assert getter.counters["rejected.invalid_hmac"] == 0
+
+
 def test_update_key_only_keeps_socket() -> None:
     """update() to the current address changes only the key; the socket stays."""
     with UDPStatusGetter("k1", "127.0.0.1", 0) as getter:
@@ -271,6 +347,30 @@ def test_update_key_only_keeps_socket() -> None:
         assert getter.address == address
         datagram = wrap_envelope(build_message(), "k3")
         assert getter.handle_datagram(datagram, ("127.0.0.1", 1), now=0.0).amphora_id
+
+
+def test_a_key_dropped_while_a_reader_waits_is_refused() -> None:
+    """A key-only update() during a blocked dorecv() applies to the datagram it returns."""
+    with UDPStatusGetter(["new", "old"], "127.0.0.1", 0, timeout=DEADLINE) as getter:
+        outcome: list[object] = []
+
+        def receive() -> None:
+            try:
+                outcome.append(getter.dorecv()[0])
+            except HeartbeatError as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        deadline = time.monotonic() + DEADLINE
+        while not getter._receiving and time.monotonic() < deadline:
+            time.sleep(0.001)
+        getter.update("new")  # the reader is waiting with the old ring
+        with UDPStatusSender("old", [format_address(getter.address)]) as sender:
+            sender.dosend(build_message())
+        reader.join(DEADLINE)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], InvalidHMACError)
 
 
 def test_update_to_busy_port_fails_and_keeps_serving() -> None:
@@ -403,6 +503,7 @@ def test_counters_cumulative_across_updates() -> None:
     assert getter.counters["accepted"] == 2
     assert set(getter.counters) == {
         "received",
+        "received_bytes",
         "accepted",
         "handler_errors",
         *(f"rejected.{r}" for r in REASONS),
@@ -495,3 +596,43 @@ def test_check_without_handlers_and_odd_source() -> None:
         with pytest.raises(HeartbeatError):
             getter.handle_datagram(b"", "capture.pcap", now=0.0)
     assert heartbeat.seq == 1
+
+
+# --- source addresses ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("::FFFF:7f00:1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("FD00:0:0::0:1", "fd00::1"),
+        ("fe80::1%eth0", "fe80::1%eth0"),
+    ],
+)
+def test_normalize_host(address: str, expected: str) -> None:
+    """IPv4-mapped IPv6 becomes IPv4; IPv6 is compressed and lower case."""
+    assert normalize_host(address) == expected
+    assert normalize_host(expected) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "example.com", "127.0.0.1:5555", "[::1]", "1.2.3.256"])
+def test_normalize_host_refuses_what_is_not_an_address(bad: str) -> None:
+    """Anything but an IP address is a ValueError; anything but a string, a TypeError."""
+    with pytest.raises(ValueError, match="does not appear to be"):
+        normalize_host(bad)
+    with pytest.raises(TypeError):
+        normalize_host(2130706433)  # type: ignore[arg-type]
+
+
+@needs_ipv6
+def test_an_ipv6_socket_reports_ipv4_senders_mapped_and_normalize_host_undoes_it() -> None:
+    """An IPv6 socket sees 127.0.0.1 as ::ffff:127.0.0.1; normalize_host maps it back."""
+    with UDPStatusGetter("k", "::ffff:127.0.0.1", 0, timeout=DEADLINE) as getter:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(build_message(), "k"), ("127.0.0.1", getter.address[1]))
+        _, srcaddr = getter.dorecv()
+    assert srcaddr == "::ffff:127.0.0.1"
+    assert normalize_host(srcaddr) == "127.0.0.1"

@@ -29,7 +29,7 @@ import _octavia_mysql
 import _pg
 import pytest
 
-from amphora_heartbeat.cli.manager import add_arguments
+from amphora_heartbeat.cli.manager import add_arguments, build_config
 from amphora_heartbeat.envelope import wrap_envelope
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.manager import DelayHistogram, FailoverCommand, HealthManager
@@ -356,23 +356,24 @@ def test_a_stale_amphora_is_failed_over_once_and_its_row_deleted(store: AnyStore
     m.close()
 
 
-def test_a_failed_failover_clears_busy_and_is_retried(store: AnyStore) -> None:
-    """A failover that raises is counted, its busy flag cleared, and it runs again.
-
-    The claim stamped last_update, so the retry comes a timeout after it.
-    """
+def test_a_failed_failover_clears_busy_and_is_retried_after_heartbeat_timeout(
+    store: AnyStore,
+) -> None:
+    """A failover that raises is counted, its busy flag cleared; it runs again a timeout later."""
     ids, _ = _reporting(store, 1, 21, T0)
     calls = Failovers(fail=ids)
     m = _manager(store, heartbeat_timeout=10, health_check_interval=1, failover=calls)
     m.step(T0 + 11)
-    _finish(m, T0 + 11.5)
+    _finish(m, T0 + 11.5)  # the failure is recorded at T0 + 11.5
     assert store.read_health()[ids[0]][1] is False
     assert m.counters["failovers_failed"] == 1
     calls.fail.clear()
-    m.step(T0 + 20)
-    assert calls.calls == ids
-    m.step(T0 + 21.5)
-    _finish(m, T0 + 22)
+    for t in (12, 15, 21.4):  # stale, not busy, but failed less than 10 s ago
+        m.step(T0 + t)
+        assert m.wait_failovers(5)
+        assert calls.calls == ids
+    m.step(T0 + 22.4)  # the next stale check, past T0 + 21.5
+    _finish(m, T0 + 23)
     assert calls.calls == ids * 2
     assert store.read_health() == {}
     m.close()
@@ -652,13 +653,15 @@ def test_add_arguments_maps_octavia_option_names() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--db", "sqlite:///x.db"])
-    assert args.heartbeat_timeout == 60
-    assert args.health_check_interval == 3
-    assert args.heartbeat_interval == 10
-    assert args.failover_threshold is None
-    assert args.failover_threads == 10
-    assert args.bind == "127.0.0.1:5555"
+    args = parser.parse_args(["--db", "sqlite:///x.db", "--key", "k"])
+    config = build_config(args)
+    assert config.heartbeat_timeout == 60
+    assert config.health_check_interval == 3
+    assert config.heartbeat_interval == 10
+    assert config.failover_threshold is None
+    assert config.failover_threads == 10
+    assert (config.bind_ip, config.bind_port) == ("127.0.0.1", 5555)
+    assert config.connection == "sqlite:///x.db"
 
 
 def _stats_heartbeat(amp: AmphoraSpec, k: int) -> bytes:

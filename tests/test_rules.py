@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amphora_heartbeat import rules
+from amphora_heartbeat.logs import RateLimitedLogger
 from amphora_heartbeat.models import Heartbeat
 from amphora_heartbeat.rules import (
     LISTENER_COUNT_MISMATCH,
@@ -36,6 +38,13 @@ SPEC = AmphoraSpec(
         ListenerSpec("L2", "HTTP", (PoolSpec("P3", ("m5", "m6")),)),
     ),
 )
+
+
+@pytest.fixture(autouse=True)
+def fresh_status_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give each test its own window for the rules' rate-limited warnings."""
+    fresh = RateLimitedLogger(rules._LOG, interval=rules._STATUS_WARNINGS.interval)
+    monkeypatch.setattr(rules, "_STATUS_WARNINGS", fresh)
 
 
 def heartbeat(spec: AmphoraSpec = SPEC, *, recv_time: float | None = NOW, **kw: Any) -> Heartbeat:
@@ -523,6 +532,30 @@ def test_member_unknown_status_is_unchanged_with_a_warning(
         update = judge(heartbeat(member_status={"m1": status}), view)
     assert update.members == {}
     assert "m1" in caplog.text
+
+
+def test_unknown_statuses_log_one_line_per_kind_per_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """500 heartbeats of unknown statuses log a line per kind per 10 s, then the counts."""
+    every = {m: "weird" for p in SPEC.pools for m in p.members}
+    hb = heartbeat(
+        listener_status={"L1": "odd", "L2": "odd"},
+        pool_status={p.pool_id: "??" for p in SPEC.pools},
+        member_status=every,
+        recv_time=None,  # judged as received at each now
+    )
+    with caplog.at_level(logging.WARNING, logger="amphora_heartbeat"):
+        for i in range(500):
+            judge(hb, now=NOW + i * 0.01)  # 5 seconds: one window
+        first = len(caplog.records)
+        judge(hb, now=NOW + 10.0)
+    assert first == 3
+    lines = [r.getMessage() for r in caplog.records[first:]]
+    assert "999 more listener_status lines not logged (at most 1 per 10 s)" in lines
+    assert "1499 more pool_status lines not logged (at most 1 per 10 s)" in lines
+    assert "2999 more member_status lines not logged (at most 1 per 10 s)" in lines
+    assert len(lines) == 6
 
 
 def test_reported_ids_absent_from_the_view_are_ignored() -> None:

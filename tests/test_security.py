@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from _net import DEADLINE, HOSTS
+from _net import DEADLINE, HOSTS, needs_ipv6
 
 from amphora_heartbeat import (
     Codec,
@@ -27,17 +27,18 @@ from amphora_heartbeat import (
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED
 from amphora_heartbeat.errors import (
     REASONS,
+    BadIdError,
     InvalidHMACError,
     MalformedError,
     NotJSONError,
     TooLargeError,
 )
-from amphora_heartbeat.getter import UDPStatusGetter
+from amphora_heartbeat.getter import UDPStatusGetter, normalize_host
 from amphora_heartbeat.manager import HealthManager
 from amphora_heartbeat.sender import UDPStatusSender
 from amphora_heartbeat.store import SQLiteStore
 from amphora_heartbeat.testing import build_message, make_fleet
-from amphora_heartbeat.tracker import SeqGuard
+from amphora_heartbeat.tracker import DEFAULT_SEQ_WINDOW, SeqGuard
 
 KEY = "fleet-key"
 MESSAGE = {"id": "amp-1", "seq": 3, "ver": 3, "listeners": {}, "pools": {}}
@@ -178,42 +179,75 @@ def test_seq_is_signed() -> None:
         unwrap_envelope(forged, KEY)
 
 
-def test_seq_guard_catches_older_and_repeated_heartbeats() -> None:
-    """The replay guard flags a repeated seq and an older one while the agent runs on."""
-    guard = SeqGuard()
+def test_seq_guard_catches_duplicates_and_recent_replays() -> None:
+    """Without boot: the same seq again, or one less than the window below, is refused."""
+    guard = SeqGuard(window=3)
     assert guard.check("amp-1", 100)
     assert guard.check("amp-1", 101)
-    assert not guard.check("amp-1", 101)
-    assert not guard.check("amp-1", 57)
-    assert guard.check("amp-2", 57)  # per amphora
+    assert not guard.check("amp-1", 101)  # the same datagram delivered twice
+    assert not guard.check("amp-1", 99)  # a recent heartbeat replayed
+    assert guard.check("amp-2", 99)  # per amphora
+    assert SeqGuard().window == DEFAULT_SEQ_WINDOW == 3
 
 
-def test_seq_guard_misses_replays_across_a_restart() -> None:
-    """After a restart (seq back to 0), pre-restart captures with higher seqs pass."""
-    guard = SeqGuard()
+def test_seq_guard_without_boot_takes_older_replays_for_restarts() -> None:
+    """Without boot: a capture window or more below passes as a restart, as do pre-restart ones."""
+    guard = SeqGuard(window=3)
     assert guard.check("amp-1", 500)
-    assert guard.check("amp-1", 0)  # the agent restarted
-    assert guard.check("amp-1", 90)  # a capture from before the restart
-    assert not guard.check("amp-1", 90)
+    assert guard.check("amp-1", 90)  # a replay from long ago: cannot be told from a restart
+    assert guard.check("amp-1", 0)  # a real restart: passes too
+    assert guard.check("amp-1", 91)  # a pre-restart capture now looks newer: passes
 
 
-def test_seq_guard_misses_an_early_capture_once() -> None:
-    """A captured seq below restart_below looks like a restart: it passes and rolls back."""
-    guard = SeqGuard(restart_below=16)
-    assert guard.check("amp-1", 200)
-    assert guard.check("amp-1", 15)  # replayed early heartbeat, taken for a restart
-    assert not guard.check("amp-1", 15)
-    assert guard.check("amp-1", 120)  # rolled back: an older capture now passes too
-    assert SeqGuard().restart_below == 16
+def test_seq_guard_without_boot_delays_an_early_restart() -> None:
+    """Without boot: an agent restarting before its window-th heartbeat waits to pass the newest."""
+    guard = SeqGuard(window=3)
+    assert guard.check("amp-1", 1)
+    assert not guard.check("amp-1", 0)  # restarted: its first heartbeats are refused...
+    assert not guard.check("amp-1", 1)
+    assert guard.check("amp-1", 2)  # ...until its seq passes the newest seen
 
 
-def test_seq_guard_never_flags_gaps() -> None:
+def test_boot_closes_replays_across_restarts() -> None:
+    """With boot: every replay is refused, whatever its seq, before or after a restart."""
+    guard = SeqGuard(window=3)
+    first, second = 1_700_000_000, 1_700_000_600
+    assert guard.check("amp-1", 500, first)
+    assert not guard.check("amp-1", 90, first)  # far below, same boot: a replay, not a restart
+    assert guard.check("amp-1", 0, second)  # a later boot: the agent restarted
+    assert not guard.check("amp-1", 501, first)  # a pre-restart capture, even with a higher seq
+    assert not guard.check("amp-1", 0, second)
+    assert not guard.check("amp-1", 502)  # a capture without boot after boots were seen
+    assert guard.check("amp-1", 1, second)
+
+
+def test_a_forged_later_boot_locks_the_real_agent_out() -> None:
+    """The documented limit: a key holder's later boot makes the real agent's heartbeats refused."""
+    guard = SeqGuard()
+    assert guard.check("amp-1", 10, 1_700_000_000)
+    assert guard.check("amp-1", 0, 4_000_000_000)  # forged by a key holder
+    assert not guard.check("amp-1", 11, 1_700_000_000)  # the real agent, from now on
+
+
+def test_seq_guard_never_refuses_gaps() -> None:
     """With N controllers each sees every N-th seq: gaps are normal and pass."""
     guard = SeqGuard()
     assert all(guard.check("amp-1", seq) for seq in range(0, 300, 3))
-    assert len(guard) == 1
+    assert all(guard.check("amp-2", seq, 7) for seq in range(0, 300, 3))
+    assert len(guard) == 2
     guard.forget("amp-1")
-    assert len(guard) == 0
+    assert len(guard) == 1
+
+
+def test_a_library_sender_stamps_boot_and_octavias_message_shape_still_parses() -> None:
+    """next_heartbeat adds boot; the message is Octavia's plus one key a receiver may ignore."""
+    with UDPStatusSender(KEY, ["127.0.0.1:9"], boot=1_700_000_000) as sender:
+        stamped = sender.next_heartbeat(build_message())
+    assert stamped["boot"] == 1_700_000_000
+    assert set(stamped) - set(build_message()) == {"boot"}
+    heartbeat = Heartbeat.from_dict(unwrap_envelope(wrap_envelope(stamped, KEY), KEY))
+    assert heartbeat.boot == 1_700_000_000
+    assert heartbeat.to_dict() == stamped
 
 
 # --- key handling --------------------------------------------------------------------
@@ -366,9 +400,9 @@ def _listener(**stats: int) -> dict[str, object]:
 
 
 def test_default_limits() -> None:
-    """The documented defaults: 1024 listeners, 2048 pools, 8192 members, 255-char ids."""
+    """The documented defaults: 1024 listeners, 2048 pools, 8192 members, 36-char ids."""
     assert Limits() == Limits(
-        max_listeners=1024, max_pools=2048, max_members=8192, max_id_length=255
+        max_listeners=1024, max_pools=2048, max_members=8192, max_id_length=36
     )
 
 
@@ -457,6 +491,90 @@ def test_each_limit_is_malformed_beyond_and_configurable(
 
 
 @pytest.mark.parametrize(
+    "bad_id",
+    ["amp\x00", "amp\ud800", "a" * 37, "", "amp\nforged", "amp\x7f", "ampé", "amp\u202e", "amp 1"],
+    ids=["nul", "surrogate", "37-chars", "empty", "newline", "del", "non-ascii", "bidi", "space"],
+)
+def test_ids_no_database_can_hold_are_bad_id(bad_id: str) -> None:
+    """An id Octavia's VARCHAR(36), PostgreSQL, UTF-8 or a log line cannot take is bad_id."""
+    for message in (
+        {"id": bad_id, "listeners": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {bad_id: _listener()}, "pools": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {f"{bad_id}:l1": {"members": {}}}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {"p1": {"members": {bad_id: "UP"}}}},
+    ):
+        # Through the wire, as a key holder would send it: the JSON escapes what it must.
+        with pytest.raises(BadIdError) as info:
+            Heartbeat.from_dict(unwrap_envelope(wrap_envelope(message, KEY), KEY))
+        assert info.value.reason == "bad_id"
+        str(info.value).encode("utf-8")
+    assert Heartbeat.from_dict({"id": "8d723104-f773-43c1-b458-a748e9bb17bc", "listeners": {}})
+
+
+def test_from_dict_refuses_any_python_value_as_malformed() -> None:
+    """Values JSON cannot hold raise MalformedError, never ValueError or RecursionError."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for message in (
+        {"id": "amp-1", "seq": 10**5000, "listeners": {}},
+        {"id": "amp-1", "seq": deep, "listeners": {}},
+        {"id": "amp-1", "listeners": {7: _listener()}},
+        {"id": "amp-1", "listeners": {b"l1": _listener()}},
+        {"id": ("amp-1",), "listeners": {}},
+        {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {"p": {"members": {None: "UP"}}}},
+    ):
+        with pytest.raises(MalformedError):
+            Heartbeat.from_dict(message)
+
+
+@pytest.mark.parametrize("field", ["seq", "ver", "boot"])
+def test_seq_ver_and_boot_are_bounded_to_bigint(field: str) -> None:
+    """seq, ver and boot fit a BIGINT column: 2**63 - 1 parses, 2**63 or -1 is malformed."""
+    message: dict[str, object] = {"id": "amp-1", "ver": 3, "listeners": {}, "pools": {}}
+    Heartbeat.from_dict(dict(message, **{field: (1 << 63) - 1}))
+    for bad in (1 << 63, -1):
+        with pytest.raises(MalformedError, match=field):
+            Heartbeat.from_dict(dict(message, **{field: bad}))
+
+
+def test_unknown_statuses_are_logged_a_line_per_kind_per_window(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 heartbeats of unknown statuses write a handful of lines, not one per member."""
+    from amphora_heartbeat import rules
+    from amphora_heartbeat.logs import RateLimitedLogger
+
+    monkeypatch.setattr(rules, "_STATUS_WARNINGS", RateLimitedLogger(rules._LOG))
+    (amphora,) = make_fleet(1, seed=4, listeners=2, pools=2, members=10)
+    heartbeat = Heartbeat.from_dict(
+        amphora.message(
+            listener_status={lst.listener_id: "LISTENING" for lst in amphora.listeners},
+            pool_status={p.pool_id: "MAYBE" for p in amphora.pools},
+            member_status={m: "??" for p in amphora.pools for m in p.members},
+        )
+    )
+    view = rules.LoadBalancerView.from_dict(amphora.view())
+    with caplog.at_level(logging.WARNING, logger="amphora_heartbeat"):
+        for i in range(500):
+            rules.derive(heartbeat, view, now=1000.0 + i * 0.01)
+    assert len(caplog.records) == 3  # one listener, one pool, one member line
+    assert all("reported status" in r.getMessage() for r in caplog.records)
+
+
+def test_every_test_this_page_names_exists() -> None:
+    """The security page names tests for its claims: each one is there to be run."""
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "explanation" / "security.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", page))
+    sources = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    defined = set(re.findall(r"^def (test_\w+)", sources, re.MULTILINE))
+    assert named
+    assert named <= defined, named - defined
+
+
+@pytest.mark.parametrize(
     ("counter", "bound"),
     [
         ("rx", (1 << 63) - 1),
@@ -509,6 +627,22 @@ def test_handlers_get_the_source_address(ip: str) -> None:
     assert seen == [("amp-1", ip)]
 
 
+@needs_ipv6
+def test_source_check_compares_addresses_not_spellings() -> None:
+    """An IPv4 amphora heard on an IPv6 socket passes the check only once normalised."""
+    heard: list[str] = []
+    with UDPStatusGetter(
+        KEY, "::ffff:127.0.0.1", 0, timeout=5.0, health_handler=lambda hb, src: heard.append(src)
+    ) as getter:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(wrap_envelope(MESSAGE, KEY), ("127.0.0.1", getter.address[1]))
+        _wait_for(getter, "accepted", 1)
+    lb_network_ip = "127.0.0.1"
+    assert heard == ["::ffff:127.0.0.1"]
+    assert heard[0] != lb_network_ip  # a plain comparison would drop a genuine heartbeat
+    assert normalize_host(heard[0]) == normalize_host(lb_network_ip)
+
+
 def _bad_packets(secret: str) -> list[bytes]:
     return [
         b"short",
@@ -518,6 +652,7 @@ def _bad_packets(secret: str) -> list[bytes]:
         _signed(zlib.compress(b"{not json"), secret),
         _signed(zlib.compress(b"[]"), secret),
         wrap_envelope({"id": 1, "listeners": {}}, secret),
+        wrap_envelope({"id": "amp\u0000", "listeners": {}}, secret),
     ]
 
 

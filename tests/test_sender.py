@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from _net import DEADLINE, needs_ipv6
@@ -140,6 +141,39 @@ def test_next_heartbeat_counts_seq() -> None:
     assert seqs == [0, 1, 2]
     assert from_model["seq"] == 3
     assert message["seq"] == 99
+
+
+def test_next_heartbeat_stamps_the_senders_boot() -> None:
+    """next_heartbeat writes boot: the sender's start by default, a given value, or none."""
+    before = int(time.time())
+    with UDPStatusSender("k", ["127.0.0.1:9"]) as sender:
+        after = int(time.time())
+        assert sender.boot is not None
+        assert before <= sender.boot <= after
+        assert sender.next_heartbeat(build_message())["boot"] == sender.boot
+    with UDPStatusSender("k", ["127.0.0.1:9"], boot=1_700_000_000) as sender:
+        stamped = sender.next_heartbeat(build_heartbeat())
+        assert stamped["boot"] == 1_700_000_000
+    with UDPStatusSender("k", ["127.0.0.1:9"], boot=None) as sender:
+        plain = sender.next_heartbeat(dict(build_message(), boot=5))
+        assert "boot" not in plain  # Octavia's own message shape
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "soon", True])
+def test_bad_boot_is_a_value_error(bad: object) -> None:
+    """A boot that is not whole non-negative seconds is the caller's mistake."""
+    with pytest.raises(ValueError, match="boot"):
+        UDPStatusSender("k", ["127.0.0.1:9"], boot=bad)  # type: ignore[arg-type]
+
+
+def test_boot_travels_to_the_getter() -> None:
+    """A heartbeat numbered by the sender arrives with its boot and seq, over a real socket."""
+    with UDPStatusGetter("k", "127.0.0.1", 0, timeout=DEADLINE) as getter:
+        with UDPStatusSender("k", [format_address(getter.address)], boot=1_700_000_123) as sender:
+            sender.dosend(sender.next_heartbeat(build_message()))
+            sender.dosend(sender.next_heartbeat(build_message()))
+        got = [getter.dorecv()[0] for _ in range(2)]
+    assert [(h.boot, h.seq) for h in got] == [(1_700_000_123, 0), (1_700_000_123, 1)]
 
 
 def test_closed_sender_refuses_to_send() -> None:

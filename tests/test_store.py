@@ -22,6 +22,7 @@ from amphora_heartbeat.store import (
     MySQLStore,
     PostgresStore,
     SQLiteStore,
+    StaleAmphora,
     StatsUpsert,
     Store,
     StoredView,
@@ -315,7 +316,7 @@ def _fleet_with_health(store: AnyStore, ages: list[float]) -> list[str]:
 
 
 def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> None:
-    """Candidates: before the cutoff, not busy, ALLOCATED or FAILOVER_STOPPED, sorted."""
+    """Candidates: before the cutoff, not busy, ALLOCATED or FAILOVER_STOPPED, sorted; their LB."""
     ids = _fleet_with_health(store, [100, 100, 100, 100, 100, 10])
     store.execute("UPDATE amphora_health SET busy = true WHERE amphora_id = ?", [ids[0]])
     store.execute("UPDATE amphora SET status = 'FAILOVER_STOPPED' WHERE id = ?", [ids[1]])
@@ -323,8 +324,9 @@ def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> 
     store.write_tick(TickWrite(now=NOW, health={"orphan": NOW - 100}))  # no amphora row
     stale = store.stale_amphorae(NOW - 60)
     assert list(stale) == sorted([ids[1], ids[3], ids[4]])
-    assert stale[ids[1]] == "FAILOVER_STOPPED"
-    assert stale[ids[3]] == "ALLOCATED"
+    assert stale[ids[1]].status == "FAILOVER_STOPPED"
+    fleet = make_fleet(6, seed=7, listeners=1, pools=1, members=1)
+    assert stale[ids[3]] == StaleAmphora("ALLOCATED", fleet[3].load_balancer_id)
     assert store.stale_amphorae(NOW - 101) == {}
 
 

@@ -1,14 +1,32 @@
-"""Stale tracking: grace, pause, storm guard, busy marking, release, and next_deadline."""
+"""Stale tracking (grace, pause, storm guard, busy, next_deadline) and the replay guard."""
 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amphora_heartbeat.tracker import FailoverDecision, HealthTracker, SeqGuard, decide
+from amphora_heartbeat.models import Heartbeat
+from amphora_heartbeat.tracker import (
+    BOOT_MISSING,
+    DUPLICATE,
+    FIRST,
+    NEW_BOOT,
+    NEWER,
+    OLD_BOOT,
+    OLDER,
+    REPLAY_REASONS,
+    RESTART,
+    FailoverDecision,
+    HealthTracker,
+    ReplayState,
+    SeqGuard,
+    decide,
+    judge_replay,
+)
 
 T0 = 1_000.0
 
@@ -295,32 +313,132 @@ def test_next_deadline_is_the_least_time_after_which_stale_acts(
     assert not new_things(t, before.stale(deadline - 0.5 if deadline <= gate else deadline))
 
 
-# --- SeqGuard -------------------------------------------------------------------------------
+# --- replays: judge_replay and SeqGuard ---------------------------------------------------
 
 
-def test_seq_guard_accepts_increasing_and_flags_replays() -> None:
-    """A newer seq passes; an equal or older one (a replay or reordering) is flagged."""
+class Beat(NamedTuple):
+    """A stand-in heartbeat: all judge_replay reads."""
+
+    seq: int
+    boot: int | None = None
+
+
+def verdict(state: ReplayState | None, seq: int, boot: int | None = None, window: int = 3) -> str:
+    """Return the reason judge_replay gives, prefixed + when taken and - when refused."""
+    v = judge_replay(state, Beat(seq, boot), window=window)
+    return ("+" if v.accepted else "-") + v.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "seq", "boot", "expected"),
+    [
+        # Nothing stored: anything is taken.
+        (None, 0, None, "+first"),
+        (None, 7, 1000, "+first"),
+        # Without boots (Octavia's agents): the window rule.
+        (ReplayState(10), 11, None, "+newer"),
+        (ReplayState(10), 500, None, "+newer"),  # gaps: several controllers
+        (ReplayState(10), 10, None, "-duplicate"),
+        (ReplayState(10), 9, None, "-older"),
+        (ReplayState(10), 8, None, "-older"),  # within the window of 3
+        (ReplayState(10), 7, None, "+restart"),  # 3 below: far enough to be a restart
+        (ReplayState(10), 0, None, "+restart"),
+        (ReplayState(2), 0, None, "-older"),  # an early restart waits to pass the newest
+        # With boots: boots order restarts, seqs order heartbeats within one.
+        (ReplayState(10, 1000), 11, 1000, "+newer"),
+        (ReplayState(10, 1000), 10, 1000, "-duplicate"),
+        (ReplayState(10, 1000), 0, 1000, "-older"),  # no window within a boot
+        (ReplayState(10, 1000), 0, 1001, "+new_boot"),
+        (ReplayState(10, 1000), 11, 999, "-old_boot"),
+        (ReplayState(10, 1000), 11, None, "-boot_missing"),
+        (ReplayState(10), 0, 1000, "+new_boot"),  # the first boot seen: an upgraded agent
+    ],
+)
+def test_judge_replay_table(
+    state: ReplayState | None, seq: int, boot: int | None, expected: str
+) -> None:
+    """Each row of the replay rule: taken or refused, and why."""
+    assert verdict(state, seq, boot) == expected
+
+
+def test_judge_replay_is_state_in_decision_and_state_out() -> None:
+    """A taken heartbeat becomes the state; a refused one leaves the very same state."""
+    stored = ReplayState(10, 1000)
+    taken = judge_replay(stored, Beat(11, 1000))
+    assert taken.state == ReplayState(11, 1000)
+    refused = judge_replay(stored, Beat(3, 999))
+    assert refused.state is stored
+    assert refused.reason in REPLAY_REASONS
+    assert {FIRST, NEWER, RESTART, NEW_BOOT}.isdisjoint(REPLAY_REASONS)
+    assert REPLAY_REASONS == (DUPLICATE, OLDER, OLD_BOOT, BOOT_MISSING)
+
+
+def test_judge_replay_takes_a_heartbeat() -> None:
+    """A parsed Heartbeat is what a manager passes, with or without boot."""
+    with_boot = Heartbeat.from_dict({"id": "a", "seq": 4, "boot": 1700000000, "listeners": {}})
+    assert judge_replay(ReplayState(3, 1700000000), with_boot).accepted
+    without = Heartbeat.from_dict({"id": "a", "seq": 4, "listeners": {}})
+    assert judge_replay(ReplayState(4), without).reason == DUPLICATE
+
+
+@pytest.mark.parametrize("window", [1, 3, 16])
+def test_window_is_where_a_lower_seq_becomes_a_restart(window: int) -> None:
+    """A seq less than window below the newest is refused, window or more below is taken."""
+    newest = ReplayState(100)
+    assert verdict(newest, 100 - window + 1, window=window) == (
+        "-older" if window > 1 else "-duplicate"
+    )
+    assert verdict(newest, 100 - window, window=window) == "+restart"
+
+
+def test_bad_window_is_a_value_error() -> None:
+    """A window below 1 is the caller's mistake."""
+    with pytest.raises(ValueError, match="window"):
+        judge_replay(None, Beat(1), window=0)
+    with pytest.raises(ValueError, match="window"):
+        SeqGuard(window=0)
+
+
+def test_seq_guard_keeps_states_per_amphora() -> None:
+    """SeqGuard applies judge_replay per amphora and remembers only what it takes."""
     guard = SeqGuard()
     assert guard.check("a", 100)
-    assert guard.check("a", 103)  # gaps are normal with several controllers
+    assert guard.check("a", 103)
     assert not guard.check("a", 103)
-    assert not guard.check("a", 50)
-    assert guard.check("b", 50)
+    assert not guard.check("a", 101)
+    assert guard.check("b", 101)
+    assert guard.state("a") == ReplayState(103)
+    assert guard.judge("a", Beat(5, 77)).reason == NEW_BOOT
+    assert guard.state("a") == ReplayState(5, 77)
+    assert not guard.check("a", 6)  # boots were seen: one without is refused
     assert len(guard) == 2
-
-
-def test_seq_guard_accepts_agent_restart() -> None:
-    """A low seq after a high one is an agent restart (seq back to 0) and passes."""
-    guard = SeqGuard(restart_below=4)
-    guard.check("a", 5000)
-    assert guard.check("a", 1)
-    assert guard.check("a", 2)
-    assert guard.check("a", 4000)  # the documented limit: an old capture passes
     guard.forget("a")
-    assert len(guard) == 0
+    assert guard.state("a") is None
+    assert len(guard) == 1
 
 
-def test_seq_guard_rejects_bad_bound() -> None:
-    """restart_below must be at least 1."""
-    with pytest.raises(ValueError, match="restart_below"):
-        SeqGuard(restart_below=0)
+@settings(max_examples=200)
+@given(
+    runs=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    gaps=st.lists(st.integers(1, 5000), min_size=5, max_size=5),
+    data=st.data(),
+)
+def test_property_with_boots_every_replay_is_refused_and_nothing_real_is(
+    runs: list[int], gaps: list[int], data: st.DataObject
+) -> None:
+    """With boots, a restarting agent is always taken, a replay of any earlier heartbeat never."""
+    state: ReplayState | None = None
+    sent: list[Beat] = []
+    boot = 1_700_000_000
+    for run, gap in zip(runs, gaps, strict=False):
+        boot += gap
+        for seq in range(run):
+            real = Beat(seq, boot)
+            taken = judge_replay(state, real)
+            assert taken.accepted, (state, real)
+            state = taken.state
+            sent.append(real)
+            for old in data.draw(st.lists(st.sampled_from(sent), max_size=2)):
+                replay = judge_replay(state, old)
+                assert not replay.accepted, (state, old)
+                assert replay.state is state

@@ -8,20 +8,30 @@ tested alone:
   :class:`~amphora_heartbeat.store.TickWrite`;
 * :mod:`.failover` — claiming stale amphorae and running their failovers;
 * :mod:`.losses` — noticing lost heartbeats and holding failovers after them;
-* :mod:`.histogram` — the receive-to-commit delays.
+* :mod:`.histogram` — the receive-to-commit delays;
+* :mod:`.config` — the configuration (``octavia.conf`` and flags), one object;
+* :mod:`.reload` — applying a re-read configuration, keys rotating without loss.
 """
 
 from __future__ import annotations
 
+from .config import ManagerConfig, load_config, read_files
 from .core import HealthManager, TickReport, tune_gc
-from .failover import Failover, FailoverCommand
+from .failover import DEFAULT_FAILOVER_TIMEOUT, Failover, FailoverCommand
 from .histogram import DelayHistogram
+from .reload import KeyRotation, Reloader
 
 __all__ = [
+    "DEFAULT_FAILOVER_TIMEOUT",
     "DelayHistogram",
     "Failover",
     "FailoverCommand",
     "HealthManager",
+    "KeyRotation",
+    "ManagerConfig",
+    "Reloader",
     "TickReport",
+    "load_config",
+    "read_files",
     "tune_gc",
 ]

@@ -103,7 +103,11 @@ class Backlog:
             batch.append(queue.popleft())
         if len(batch) > self.max_backlog:
             excess = len(batch) - self.max_backlog
-            log.warning("backlog full: dropped the %d oldest heartbeats", excess)
+            log.warning(
+                "backlog full: dropped the %d oldest heartbeats",
+                excess,
+                extra={"event": "backlog_full", "count": excess},
+            )
             self.drop(batch[:excess])
             del batch[:excess]
         self._held = []

@@ -48,18 +48,21 @@ from typing import Any
 import attrs
 
 from ..models import Heartbeat
-from ..store import Store, StoreError
+from ..store import StaleAmphora, Store, StoreError, TickWrite
 from ..tracker import decide
 from .backlog import Backlog, drain, receive_forever
 from .failover import Failover, FailoverRunner
 from .histogram import DelayHistogram
 from .judge import Entry, ViewCache
-from .losses import LossWatch
+from .losses import GateHolds, LossWatch
 from .writer import BatchWriter
 
 __all__ = ["HealthManager", "TickReport", "tune_gc"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
+
+# Counters with a key after the dot, shown once they happen.
+_KEYED = ("not_recorded.", "rows_written.")
 
 # The counters :attr:`HealthManager.counters` always shows, zero or not.
 _COUNTERS = (
@@ -85,6 +88,8 @@ _COUNTERS = (
     "failovers_waiting",
     "failovers_held_overloaded",
     "claims_cleared",
+    "failovers_held_startup",
+    "failovers_held_paused",
     "stale_not_failed_over",
     "socket_drops",
     "overloads",
@@ -118,6 +123,20 @@ def _waiting(now: float, deadline: float, longest: float) -> bool:
     return now < deadline <= now + longest
 
 
+def _check_timings(
+    heartbeat_timeout: float,
+    health_check_interval: float,
+    failover_threshold: int | None,
+    failover_threads: int,
+) -> None:
+    if heartbeat_timeout <= 0 or health_check_interval <= 0:
+        raise ValueError("heartbeat_timeout and health_check_interval must be positive")
+    if failover_threshold is not None and failover_threshold < 1:
+        raise ValueError("failover_threshold must be None or at least 1")
+    if failover_threads < 1:
+        raise ValueError("failover_threads must be at least 1")
+
+
 def tune_gc() -> None:
     """Make the cyclic garbage collector run less often, for a process that runs a manager.
 
@@ -147,7 +166,9 @@ class HealthManager:
         over none (storm guard: they are marked ``FAILOVER_STOPPED``); None: no guard.
     :param failover: called with an amphora id in a worker thread; returning means
         the failover is done (the amphora's ``amphora_health`` row is deleted),
-        raising means it failed (``busy`` is cleared, so it is retried).  None:
+        raising means it failed (``busy`` is cleared; this manager retries it
+        ``heartbeat_timeout`` seconds later).  One whose signature names
+        ``load_balancer_id`` gets the amphora's load balancer id too.  None:
         stale amphorae are logged and counted, nothing is marked busy.
     :param failover_threads: most failovers running at once.
     :param failover_timeout: most seconds a failover runs (a
@@ -198,19 +219,13 @@ class HealthManager:
         clock: Callable[[], float] = time.time,
         check_source: bool = False,
     ) -> None:
-        if heartbeat_timeout <= 0 or health_check_interval <= 0 or tick <= 0:
-            raise ValueError("heartbeat_timeout, health_check_interval and tick must be positive")
-        if failover_timeout <= 0:
-            raise ValueError("failover_timeout must be positive")
-        if failover_threshold is not None and failover_threshold < 1:
-            raise ValueError("failover_threshold must be None or at least 1")
-        if (
-            min(failover_threads, max_batch, max_backlog, max_backlog_items, max_heartbeat_items)
-            < 1
-        ):
-            raise ValueError(
-                "failover_threads, max_batch and the backlog bounds must be at least 1"
-            )
+        _check_timings(
+            heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
+        )
+        if tick <= 0 or failover_timeout <= 0:
+            raise ValueError("tick and failover_timeout must be positive")
+        if min(max_batch, max_backlog, max_backlog_items, max_heartbeat_items) < 1:
+            raise ValueError("max_batch and the backlog bounds must be at least 1")
         self.getter = getter
         self.store = store
         self.heartbeat_interval = heartbeat_interval
@@ -226,6 +241,12 @@ class HealthManager:
         self.paused_at: float | None = None
         #: Receive-to-commit delays of every committed heartbeat.
         self.delays = DelayHistogram()
+        #: Durations of committed ticks (read, judge, write), seconds.
+        self.tick_durations = DelayHistogram()
+        #: Called with the time at the end of each iteration of :meth:`run`'s loop
+        #: (a watchdog watches the loop that does the work, not a thread that exists).
+        self.observers: list[Callable[[float], object]] = []
+        self._heard: set[str] = set()
         self._counts: collections.Counter[str] = collections.Counter()
         self._gauges: dict[str, float] = {
             "tick_seconds": 0.0,
@@ -247,7 +268,10 @@ class HealthManager:
             clock=clock,
         )
         self._losses = LossWatch(heartbeat_timeout, self._counts)
-        self._failovers = FailoverRunner(failover, failover_threads, self._counts)
+        self._holds = GateHolds(self._counts)
+        self._failovers = FailoverRunner(
+            failover, failover_threads, self._counts, retry_after=heartbeat_timeout
+        )
         self._retry_at = float("-inf")
         self._failures = 0
         self._next_check: float | None = None
@@ -318,7 +342,11 @@ class HealthManager:
         except Exception:
             # A bug or data the rules refuse: retrying the same batch would fail
             # for ever, so it is dropped (counted), and the manager goes on.
-            log.exception("tick of %d heartbeats failed; dropping them", len(batch))
+            log.exception(
+                "tick of %d heartbeats failed; dropping them",
+                len(batch),
+                extra={"event": "tick_failed", "count": len(batch)},
+            )
             self._counts["tick_errors"] += 1
             self._backlog.drop(batch)
             return TickReport(len(batch), 0, lag, failed=True)
@@ -326,6 +354,8 @@ class HealthManager:
         self._backlog.settle(batch, written.remaining)
         if written.committed:
             self._committed(written.committed, written.rows, start, lag)
+            for write in written.writes:
+                self._count_write(write)
         if written.failed is not None:
             self._store_failed(written.failed, now)
             return TickReport(len(batch), written.rows, lag, failed=True)
@@ -343,8 +373,17 @@ class HealthManager:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
         self._gauges["tick_seconds_total"] += committed - start
+        self._gauges["last_commit_seconds"] = committed
+        self.tick_durations.add(committed - start)
         self._gauges["lag_seconds"] = lag
         self._gauges["max_lag_seconds"] = max(self._gauges.get("max_lag_seconds", 0.0), lag)
+
+    def _count_write(self, write: TickWrite) -> None:
+        """Count the rows of a committed write by table, and the amphorae it recorded."""
+        counts = self._counts
+        for table, n in write.rows_by_table().items():
+            counts["rows_written." + table] += n
+        self._heard.update(write.health)
 
     def _store_failed(self, exc: StoreError, now: float) -> None:
         self._failures += 1
@@ -357,6 +396,7 @@ class HealthManager:
             exc,
             backoff,
             self.heartbeat_timeout,
+            extra={"event": "store_error", "error": str(exc)},
         )
 
     # --- failover ------------------------------------------------------------------
@@ -380,6 +420,7 @@ class HealthManager:
                 # counts: a slow database must not fail a live amphora over.
                 pending = self._backlog.pending_since(cutoff)
                 candidates = {a: s for a, s in candidates.items() if a not in pending}
+            self._gauges["stale_amphorae"] = len(candidates)
             self._judge_stale(candidates, now, cutoff, lease_cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
@@ -397,10 +438,14 @@ class HealthManager:
         self._losses.set_back(now)
 
     def _judge_stale(
-        self, candidates: Mapping[str, str], now: float, cutoff: float, lease_cutoff: float
+        self,
+        candidates: Mapping[str, StaleAmphora],
+        now: float,
+        cutoff: float,
+        lease_cutoff: float,
     ) -> None:
-        """Apply the failover policy to the stale ``candidates`` (amphora id to status)."""
-        held = {a for a, status in candidates.items() if status == "FAILOVER_STOPPED"}
+        """Apply the failover policy to the stale ``candidates`` (by amphora id)."""
+        held = {a for a, c in candidates.items() if c.status == "FAILOVER_STOPPED"}
         order = list(candidates)
         # Managers sharing a database each start somewhere else in the list.
         random.shuffle(order)
@@ -417,13 +462,21 @@ class HealthManager:
             held=held,
         )
         self._losses.count_held(order, decision.failover, now)
+        self._holds.count(order, now=now, timeout=self.heartbeat_timeout,
+                          started=self.started, paused_at=self.paused_at)  # fmt: skip
         if decision.stopped and not decision.failover and held != set(decision.stopped):
             self._stop_storm(decision.stopped)
         # Log each stale amphora once per silence (it may report and fall silent again).
         self._failovers.keep_unhandled(decision.failover)
         if decision.failover:
+            lbs = {a: candidates[a].load_balancer_id for a in decision.failover}
             self._failovers.start(
-                self.store, decision.failover, cutoff, now=now, lease_cutoff=lease_cutoff
+                self.store,
+                decision.failover,
+                cutoff,
+                now=now,
+                load_balancers=lbs,
+                lease_cutoff=lease_cutoff,
             )
 
     def _stop_storm(self, stopped: Sequence[str]) -> None:
@@ -434,6 +487,7 @@ class HealthManager:
                 "%d amphorae stale, at or over failover_threshold %s: failing over none",
                 len(stopped),
                 self.failover_threshold,
+                extra={"event": "failovers_held_back", "reason": "storm", "count": len(stopped)},
             )
 
     def _socket_fd(self) -> int | None:
@@ -446,7 +500,7 @@ class HealthManager:
 
     def _apply_finished(self, now: float) -> None:
         try:
-            self._failovers.apply_finished(self.store)
+            self._failovers.apply_finished(self.store, now)
         except StoreError as exc:
             self._store_failed(exc, now)
 
@@ -454,11 +508,39 @@ class HealthManager:
         """Wait up to ``timeout`` seconds for running failovers to end; True if all did."""
         return self._failovers.wait(timeout)
 
+    def reconfigure(
+        self,
+        *,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        health_check_interval: float,
+        failover_threshold: int | None,
+        failover_threads: int,
+    ) -> None:
+        """Apply new timings and failover limits from the next tick on (a reload).
+
+        Failovers running go on; the next stale check runs at the next tick.
+        Call it from the thread that runs :meth:`step` (e.g. ``every_tick`` of :meth:`run`).
+        """
+        _check_timings(
+            heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
+        )
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.health_check_interval = health_check_interval
+        self.failover_threshold = failover_threshold
+        self._losses.heartbeat_timeout = heartbeat_timeout
+        self._failovers.retry_after = heartbeat_timeout
+        self._failovers.resize(failover_threads)
+        self._next_check = None
+
     # --- running -------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, *, every_tick: Callable[[float], object] | None = None) -> None:
         """Receive in a thread and tick every :attr:`tick` seconds until :meth:`stop`.
 
+        ``every_tick`` is called with the tick's time (seconds since the epoch)
+        before each tick, in this thread: where a reload applies its changes.
         Returns after the current tick is committed (or has failed).
         """
         if self.getter is not None:
@@ -472,10 +554,15 @@ class HealthManager:
         try:
             while not self._stopping:
                 began = self.clock()
+                if every_tick is not None:
+                    every_tick(began)
                 self.step(began)
+                for observe in self.observers:
+                    observe(self.clock())
                 if not self._backlog.full_batch_waiting:
                     pause = max(self.tick - (self.clock() - began), 0.0)
-                    select.select([self._wake_r], [], [], pause)
+                    if select.select([self._wake_r], [], [], pause)[0]:
+                        self._drain_wake()
             # Commit what arrived before the stop.
             self.step(self.clock())
         finally:
@@ -488,15 +575,22 @@ class HealthManager:
             timeout = getattr(self.getter, "timeout", None)
             receiver.join(None if timeout is None else timeout + 1.0)
         self._stopping = False
+        self._drain_wake()
+
+    def _drain_wake(self) -> None:
         with contextlib.suppress(OSError):
             while os.read(self._wake_r, 512):
                 pass
 
+    def wake(self) -> None:
+        """Make :meth:`run` start its next tick now; safe from any thread or signal handler."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
     def stop(self) -> None:
         """Ask :meth:`run` to return after its current tick; safe from any thread or signal."""
         self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self.wake()
 
     def close(self, *, wait: bool = True) -> None:
         """Shut the failover pool down (waiting for running failovers if ``wait``).
@@ -510,7 +604,7 @@ class HealthManager:
         self._failovers.close(wait=wait)
         if wait:
             with contextlib.suppress(StoreError):
-                self._failovers.apply_finished(self.store)
+                self._failovers.apply_finished(self.store, self.clock())
 
     @property
     def backlog(self) -> int:
@@ -527,29 +621,38 @@ class HealthManager:
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
         ``poison_heartbeats``, ``unstorable_id``, ``source_mismatch``,
         ``stats_replayed``, ``stats_unknown_listener`` (see
-        ``docs/reference/errors.md``), ``dropped``, ``oversized_heartbeats``,
-        ``claims_cleared``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
+        ``docs/reference/errors.md``), ``rows_written.<table>``, ``dropped``,
+        ``oversized_heartbeats``, ``claims_cleared``,
+        ``failovers_started`` / ``_succeeded`` / ``_failed`` /
         ``_held_back`` / ``_waiting`` / ``_held_overloaded`` (stale amphorae not
-        failed over because heartbeats were lost within ``heartbeat_timeout``),
+        failed over because heartbeats were lost within ``heartbeat_timeout``) /
+        ``_held_startup`` / ``_held_paused`` (in the start-up grace, or after a
+        store error),
         ``stale_not_failed_over``, ``socket_drops`` (datagrams the kernel dropped
         on the receive socket, Linux only), ``overloads`` (stale checks that found
         heartbeats lost); gauges
         ``tick_seconds`` and ``lag_seconds`` (last tick), ``tick_seconds_total`` (all
-        committed ticks), ``max_lag_seconds``,
-        ``backlog``, ``backlog_items``, and the receive-to-commit delay ``delay_p99_seconds`` and
-        ``delay_max_seconds``.
+        committed ticks), ``max_lag_seconds``, ``backlog``, ``backlog_items``,
+        ``last_commit_seconds``
+        (seconds since the epoch, once a tick committed), ``stale_amphorae`` (at the
+        last stale check, once one ran), ``amphorae_heard`` (distinct amphorae
+        recorded since the start), and the receive-to-commit delay
+        ``delay_p99_seconds`` and ``delay_max_seconds``.
+        Safe to read from another thread.
         """
         out: dict[str, float] = {}
         if self.getter is not None:
             out.update(self.getter.counters)
-        counts = self._counts
+        # Copies first: a scrape reads this from another thread while ticks add keys.
+        counts = dict(self._counts)
         counts["dropped"] = self._backlog.dropped
         counts["oversized_heartbeats"] = self._backlog.oversized
-        out.update((name, counts[name]) for name in _COUNTERS)
-        out.update(sorted((k, v) for k, v in counts.items() if k.startswith("not_recorded.")))
-        out.update(self._gauges)
+        out.update((name, counts.get(name, 0)) for name in _COUNTERS)
+        out.update(sorted((k, v) for k, v in counts.items() if k.startswith(_KEYED)))
+        out.update(dict(self._gauges))
         out["backlog"] = self.backlog
         out["backlog_items"] = self._backlog.items
+        out["amphorae_heard"] = len(self._heard)
         out["delay_p99_seconds"] = self.delays.quantile(0.99)
         out["delay_max_seconds"] = self.delays.maximum
         return out

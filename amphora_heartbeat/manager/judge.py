@@ -99,7 +99,7 @@ def same_address(source: str, expected: str) -> bool:
 
 def _boot(heartbeat: Heartbeat) -> int:
     """Return the agent's boot time the heartbeat carries (seconds), 0 if it carries none."""
-    return 0
+    return heartbeat.boot or 0
 
 
 @attrs.frozen

@@ -12,9 +12,9 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-__all__ = ["LossWatch", "socket_drops"]
+__all__ = ["GateHolds", "LossWatch", "socket_drops"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
@@ -88,6 +88,7 @@ class LossWatch:
                 " no failover until %ss after the last loss",
                 lost,
                 self.heartbeat_timeout,
+                extra={"event": "overloaded", "count": lost},
             )
         self.counts["overloads"] += 1
         self.overloaded_at = now if self.overloaded_at is None else max(self.overloaded_at, now)
@@ -110,4 +111,39 @@ class LossWatch:
             log.warning(
                 "%d amphorae stale while the manager loses heartbeats: not failing them over",
                 len(fresh),
+                extra={"event": "failovers_held_back", "reason": "losses", "count": len(fresh)},
             )
+
+
+class GateHolds:
+    """Count stale amphorae held by the start-up grace or by the wait after a store error.
+
+    Each amphora is counted once per hold (``failovers_held_startup`` or
+    ``failovers_held_paused``), as :meth:`LossWatch.count_held` counts losses.
+    """
+
+    def __init__(self, counts: collections.Counter[str]) -> None:
+        """Count into ``counts``."""
+        self.counts = counts
+        self._held: dict[str, set[str]] = {"startup": set(), "paused": set()}
+
+    def count(
+        self,
+        stale: Collection[str],
+        *,
+        now: float,
+        timeout: float,
+        started: float | None,
+        paused_at: float | None,
+    ) -> None:
+        """Count the ``stale`` amphorae a gate holds at ``now`` (each gate lasts ``timeout`` s)."""
+        starting = started is not None and now < started + timeout
+        paused = not starting and paused_at is not None and now < paused_at + timeout
+        for reason, active in (("startup", starting), ("paused", paused)):
+            held = self._held[reason]
+            if not active:
+                held.clear()
+                continue
+            fresh = [a for a in stale if a not in held]
+            held.update(fresh)
+            self.counts["failovers_held_" + reason] += len(fresh)

@@ -44,7 +44,7 @@ _HEALTHY_AFTER = 30.0
 
 #: Counters that are not added up over workers but taken at their largest.
 _MAXIMA = ("delay_p99_seconds", "delay_max_seconds", "max_lag_seconds", "tick_seconds",
-           "lag_seconds")  # fmt: skip
+           "lag_seconds", "last_commit_seconds", "stale_amphorae")  # fmt: skip
 
 
 def reserve_port(ip: str, port: int) -> socket.socket:

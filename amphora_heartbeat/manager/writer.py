@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from ..store import Store, StoreConflict, StoreDataError, StoreError, storable_id
+from ..store import Store, StoreConflict, StoreDataError, StoreError, TickWrite, storable_id
 from .judge import Entry, ViewCache, judge
 
 __all__ = ["BatchWriter", "Written"]
@@ -45,6 +45,8 @@ class Written:
     committed: list[Entry] = attrs.Factory(list)
     #: Rows written.
     rows: int = 0
+    #: The writes committed (one per transaction).
+    writes: list[TickWrite] = attrs.Factory(list)
     #: Counts by outcome (the judge's, ``poison_heartbeats``, ``unstorable_id``).
     counts: collections.Counter[str] = attrs.Factory(collections.Counter)
     #: The store error that stopped the write (the database is away), or None.
@@ -83,7 +85,7 @@ class BatchWriter:
         while segments:
             segment = segments.popleft()
             try:
-                rows, counts = self._attempt(segment)
+                rows, counts, write = self._attempt(segment)
             except StoreDataError as exc:
                 if len(segment) > 1:
                     half = len(segment) // 2
@@ -96,11 +98,12 @@ class BatchWriter:
                 out.remaining = [e for s in (segment, *segments) for e in s]
                 break
             out.committed.extend(segment)
+            out.writes.append(write)
             out.rows += rows
             out.counts.update(counts)
         return out
 
-    def _attempt(self, segment: Sequence[Entry]) -> tuple[int, collections.Counter[str]]:
+    def _attempt(self, segment: Sequence[Entry]) -> tuple[int, collections.Counter[str], TickWrite]:
         """Read, judge and write ``segment`` in one transaction; judge again after a conflict."""
         for attempt in range(_CONFLICT_RETRIES + 1):
             stored = self.store.read_views({e[0].amphora_id for e in segment})
@@ -118,7 +121,7 @@ class BatchWriter:
                 if attempt == _CONFLICT_RETRIES:
                     raise
                 continue
-            return rows, collections.Counter(judged.counts)
+            return rows, collections.Counter(judged.counts), judged.write
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _poisoned(self, entry: Entry, exc: StoreDataError, out: Written) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .base import (
     MAX_ID_LENGTH,
+    StaleAmphora,
     StatsUpsert,
     Store,
     StoreConflict,
@@ -52,6 +53,7 @@ __all__ = [
     "MySQLStore",
     "PostgresStore",
     "SQLiteStore",
+    "StaleAmphora",
     "StatsUpsert",
     "Store",
     "StoreConflict",

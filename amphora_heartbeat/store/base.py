@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import attrs
 
 from ..models import ListenerStats
-from .claims import ClaimStatements
+from .claims import ClaimStatements, StaleAmphora
 from .engine import epoch, utc
 from .schema import LOOKUPS, TABLES
 
@@ -31,6 +31,7 @@ __all__ = [
     "STATS_ADD",
     "STATS_REPLACE",
     "SQLStore",
+    "StaleAmphora",
     "StatsUpsert",
     "Store",
     "StoreConflict",
@@ -233,6 +234,19 @@ class TickWrite:
             + len(self.seqs)
         )
 
+    def rows_by_table(self) -> dict[str, int]:
+        """Return the rows this write touches per table (their sum is ``len(self)``)."""
+        return {
+            "amphora_health": len(self.health),
+            "amphora": len(self.reallocated),
+            "load_balancer": len(self.load_balancers),
+            "listener": len(self.listeners),
+            "pool": len(self.pools),
+            "member": len(self.members),
+            "listener_statistics": len(self.stats),
+            "amphora_heartbeat_seq": len(self.seqs),
+        }
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -250,8 +264,10 @@ class Store(Protocol):
         """Write one tick in one transaction; return the number of rows written."""
         ...
 
-    def stale_amphorae(self, cutoff: float, lease_cutoff: float | None = None) -> dict[str, str]:
-        """Return eligible amphorae (to their status) last heard before ``cutoff``.
+    def stale_amphorae(
+        self, cutoff: float, lease_cutoff: float | None = None
+    ) -> dict[str, StaleAmphora]:
+        """Return eligible amphorae last heard before ``cutoff``, with status and load balancer.
 
         Not busy, or busy with a claim made before ``lease_cutoff`` (None: none expires).
         """

@@ -10,10 +10,21 @@ failover marks it ``DELETED`` when done), only its row is cleared.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import NamedTuple
 
 from .engine import EngineHooks
 
-__all__ = ["ClaimStatements"]
+__all__ = ["ClaimStatements", "StaleAmphora"]
+
+
+class StaleAmphora(NamedTuple):
+    """A failover candidate, as :meth:`Store.stale_amphorae` maps each amphora id."""
+
+    #: The amphora's ``status``: ``ALLOCATED`` or ``FAILOVER_STOPPED``.
+    status: str
+    #: The id of the amphora's load balancer (``amphora.load_balancer_id``).
+    load_balancer_id: str
+
 
 _STOP = (
     "UPDATE amphora SET status = 'FAILOVER_STOPPED', updated_at = ?"
@@ -29,7 +40,7 @@ _ELIGIBLE = (
     " WHERE ((h.busy = false AND h.last_update < ?) OR (h.busy = true AND h.last_update < ?))"
     " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
 )
-_STALE = "SELECT h.amphora_id, a.status " + _ELIGIBLE + " ORDER BY h.amphora_id"
+_STALE = "SELECT h.amphora_id, a.status, a.load_balancer_id " + _ELIGIBLE + " ORDER BY h.amphora_id"
 # {lock} is the engine's row-lock clause: with several managers each stale row
 # is claimed (marked busy) by exactly one of them.
 _CLAIM = (
@@ -55,20 +66,22 @@ _NEVER = 0.0
 class ClaimStatements(EngineHooks):
     """The failover side of the store, over the engine's hooks."""
 
-    def stale_amphorae(self, cutoff: float, lease_cutoff: float | None = None) -> dict[str, str]:
+    def stale_amphorae(
+        self, cutoff: float, lease_cutoff: float | None = None
+    ) -> dict[str, StaleAmphora]:
         """Return the failover candidates at ``cutoff`` (seconds since the epoch).
 
         Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
         of a load balancer, whose ``last_update`` is before ``cutoff`` and which
         are not busy, or busy with a claim older than ``lease_cutoff`` (the
         manager that claimed it never finished; None: claims never expire);
-        mapped to their status, sorted by id.  Rows of other managers count too:
+        mapped to their status and load balancer, sorted by id.  Rows of other managers count too:
         the database holds them all.
         """
         lease = _NEVER if lease_cutoff is None else min(lease_cutoff, cutoff)
         with self._reading() as cur:
             cur.execute(self._sql(_STALE), (self._time(cutoff), self._time(lease)))
-            return {row[0]: row[1] for row in cur.fetchall()}
+            return {row[0]: StaleAmphora(row[1], row[2]) for row in cur.fetchall()}
 
     def claim_failovers(
         self,

@@ -6,6 +6,7 @@ A line that must NOT type-check carries ``# type: ignore[code]``: with mypy's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +36,18 @@ from amphora_heartbeat import (
     unwrap_envelope,
     wrap_envelope,
 )
+from amphora_heartbeat.aio import DEFAULT_MAX_QUEUED_BYTES, estimated_size
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED, Unwrapped
-from amphora_heartbeat.errors import REASONS, MalformedError
+from amphora_heartbeat.errors import REASONS, BadIdError, MalformedError
+from amphora_heartbeat.getter import normalize_host
+from amphora_heartbeat.logs import RateLimitedLogger
+from amphora_heartbeat.manager import (
+    FailoverCommand,
+    KeyRotation,
+    ManagerConfig,
+    load_config,
+    read_files,
+)
 from amphora_heartbeat.stats import fold
 from amphora_heartbeat.testing import (
     AmphoraSpec,
@@ -45,7 +56,14 @@ from amphora_heartbeat.testing import (
     build_message,
     make_fleet,
 )
-from amphora_heartbeat.tracker import FailoverDecision, SeqGuard
+from amphora_heartbeat.tracker import (
+    REPLAY_REASONS,
+    FailoverDecision,
+    ReplayState,
+    ReplayVerdict,
+    SeqGuard,
+    judge_replay,
+)
 
 assert_type(amphora_heartbeat.__version__, str)
 
@@ -75,6 +93,7 @@ unwrap_envelope("text", "key")  # type: ignore[arg-type]
 heartbeat = Heartbeat.from_dict(message, recv_time=1.5, limits=Limits(max_members=16))
 assert_type(heartbeat.amphora_id, str)
 assert_type(heartbeat.seq, int)
+assert_type(heartbeat.boot, int | None)
 assert_type(heartbeat.version, int)
 assert_type(heartbeat.versioned, bool)
 assert_type(heartbeat.recv_time, float | None)
@@ -105,6 +124,8 @@ Heartbeat.from_dict(message, recv_time="now")  # type: ignore[arg-type]
 # --- errors --------------------------------------------------------------------------
 try:
     unwrap_envelope(datagram, "key")
+except BadIdError as exc:
+    assert_type(exc.path, str)
 except MalformedError as exc:
     assert_type(exc.path, str)
 except HeartbeatError as exc:
@@ -141,7 +162,13 @@ getter.update("new-key", port=0)
 UDPStatusGetter(42)  # type: ignore[arg-type]
 
 sender = UDPStatusSender("k", ["127.0.0.1:5555", "[::1]:5555"], codec=Codec.ZSTD)
+assert_type(sender.boot, int | None)
+assert_type(sender.next_heartbeat(heartbeat), dict[str, Any])
+UDPStatusSender("k", ["127.0.0.1:5555"], boot=1_700_000_000)
+UDPStatusSender("k", ["127.0.0.1:5555"], boot=None)
+UDPStatusSender("k", ["127.0.0.1:5555"], boot="later")  # type: ignore[arg-type]
 assert_type(sender.dosend(message), bool)
+assert_type(normalize_host("::ffff:127.0.0.1"), str)
 assert_type(sender.dosend(heartbeat), bool)
 assert_type(sender.counters, Mapping[str, int])
 
@@ -161,11 +188,42 @@ assert_type(tracker.stale(100.0), FailoverDecision)
 assert_type(tracker.stale(100.0).failover, tuple[str, ...])
 assert_type(tracker.next_deadline(), float | None)
 assert_type(SeqGuard().check("amp-1", 1), bool)
+assert_type(SeqGuard(window=5).check("amp-1", 1, 1_700_000_000), bool)
+verdict = judge_replay(ReplayState(seq=1, boot=None), heartbeat, window=3)
+assert_type(verdict, ReplayVerdict)
+assert_type(verdict.accepted, bool)
+assert_type(verdict.reason, str)
+assert_type(verdict.state, ReplayState)
+assert_type(SeqGuard().judge("amp-1", heartbeat), ReplayVerdict)
+assert_type(SeqGuard().state("amp-1"), ReplayState | None)
+assert_type(REPLAY_REASONS, tuple[str, str, str, str])
+judge_replay(None, 3)  # type: ignore[arg-type]
+
+limited = RateLimitedLogger(logging.getLogger("controller"), interval=10.0, burst=1)
+assert_type(limited.warning("member_status", "member %s reported %r", "m1", "X", now=1.0), bool)
+assert_type(limited.flush(now=20.0), int)
+assert_type(limited.suppressed, Mapping[str, int])
+
+config = load_config(["/etc/octavia/octavia.conf"], {"heartbeat_timeout": 30.0})
+assert_type(config, ManagerConfig)
+assert_type(config.failover_threshold, int | None)
+assert_type(config.differences(ManagerConfig()), list[str])
+assert_type(read_files(["octavia.conf"]), dict[str, Any])
+command = FailoverCommand("openstack loadbalancer amphora failover {amphora_id}", timeout=60)
+assert_type(command.argv_for("amp-1", "lb-1"), list[str])
+rotation = KeyRotation("old")
+rotation.rotate("new", now=1.0, keep_for=60.0)
+assert_type(rotation.expire(61.0), bool)
+assert_type(rotation.next_expiry, float | None)
 
 
 async def serve_briefly() -> None:
     """Run the asyncio server, as a caller's coroutine does."""
-    async with aio.serve("k", "127.0.0.1", 0, health_handler=on_health) as server:
+    async with aio.serve(
+        "k", "127.0.0.1", 0, health_handler=on_health, max_queued_bytes=DEFAULT_MAX_QUEUED_BYTES
+    ) as server:
         assert_type(server.address, tuple[str, int])
+        assert_type(server.queued_bytes, int)
+        assert_type(estimated_size(heartbeat), int)
         assert_type(server.counters, Mapping[str, int])
         await server.update("k2")
