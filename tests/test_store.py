@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import subprocess
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import _pg
@@ -189,14 +193,6 @@ def test_write_tick_upserts_health_without_moving_it_backwards(store: AnyStore) 
     assert store.read_health() == {"a": (NOW - 2, False), "b": (NOW - 1, False)}
 
 
-def test_write_tick_keeps_busy_set_by_a_failover(store: AnyStore) -> None:
-    """A heartbeat during a failover updates last_update but leaves busy alone."""
-    store.write_tick(TickWrite(now=NOW, health={"a": NOW - 100}))
-    store.execute("UPDATE amphora_health SET busy = true")
-    store.write_tick(TickWrite(now=NOW, health={"a": NOW}))
-    assert store.read_health() == {"a": (NOW, True)}
-
-
 def test_write_tick_sets_statuses_and_naive_utc_updated_at(store: AnyStore) -> None:
     """Each status change also sets updated_at to the tick time, naive UTC."""
     (amp,) = make_fleet(1, seed=5)
@@ -337,9 +333,9 @@ def test_stale_amphorae_lists_eligible_rows_past_the_cutoff(store: AnyStore) -> 
 def test_claim_failovers_marks_each_amphora_busy_once(store: AnyStore) -> None:
     """A claim marks stale amphorae busy; a second claim of the same ids gets none."""
     ids = _fleet_with_health(store, [100, 100, 10])
-    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
-    assert store.claim_failovers(ids, NOW - 60) == []
-    assert store.claim_failovers([], NOW - 60) == []
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == sorted(ids[:2])
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == []
+    assert store.claim_failovers([], NOW - 60, now=NOW) == []
     assert {a for a, (_, busy) in store.read_health().items() if busy} == set(ids[:2])
     assert store.stale_amphorae(NOW - 60) == {}
 
@@ -355,18 +351,44 @@ def test_claim_failovers_skips_load_balancers_not_active_or_error(store: AnyStor
             "UPDATE load_balancer SET provisioning_status = ? WHERE id = ?",
             [status, amp.load_balancer_id],
         )
-    assert store.claim_failovers(ids, NOW - 60) == sorted(ids[:2])
+    assert store.claim_failovers(ids, NOW - 60, now=NOW) == sorted(ids[:2])
     assert list(store.stale_amphorae(NOW - 60)) == [ids[2]]
 
 
 def test_finish_failover_deletes_the_row_or_clears_busy(store: AnyStore) -> None:
     """Success deletes amphora_health (as Octavia does); failure clears busy for a retry."""
     ids = _fleet_with_health(store, [100, 100])
-    store.claim_failovers(ids, NOW - 60)
+    store.claim_failovers(ids, NOW - 60, now=NOW)
     store.finish_failover(ids[0], succeeded=True)
     store.finish_failover(ids[1], succeeded=False)
-    assert store.read_health() == {ids[1]: (NOW - 100, False)}
-    assert list(store.stale_amphorae(NOW - 60)) == [ids[1]]
+    assert store.read_health() == {ids[1]: (NOW, False)}
+    # Retried once a timeout has passed since the claim.
+    assert list(store.stale_amphorae(NOW + 1)) == [ids[1]]
+
+
+def test_an_expired_claim_is_a_candidate_again_and_may_be_taken_over(store: AnyStore) -> None:
+    """A claim stamps last_update; busy and older than the lease: stale again, claimable."""
+    ids = _fleet_with_health(store, [200, 200])
+    assert store.claim_failovers(ids, NOW - 150, now=NOW - 100) == sorted(ids)
+    assert {a: t for a, (t, _) in store.read_health().items()} == dict.fromkeys(ids, NOW - 100)
+    assert store.stale_amphorae(NOW - 60) == {}
+    assert store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 110) == {}
+    assert list(store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 90)) == sorted(ids)
+    assert store.claim_failovers(ids[:1], NOW - 60, now=NOW, lease_cutoff=NOW - 110) == []
+    assert store.claim_failovers(ids[:1], NOW - 60, now=NOW, lease_cutoff=NOW - 90) == ids[:1]
+    assert store.read_health()[ids[0]] == (NOW, True)
+    assert list(store.stale_amphorae(NOW - 60, lease_cutoff=NOW - 90)) == [ids[1]]
+
+
+def test_clear_expired_claims_deletes_only_rows_of_amphorae_gone(store: AnyStore) -> None:
+    """An expired claim of a DELETED amphora: row deleted; of an ALLOCATED one, or fresh: kept."""
+    ids = _fleet_with_health(store, [200, 200, 200, 200])
+    store.claim_failovers(ids[:3], NOW - 150, now=NOW - 100)
+    for amphora_id in (ids[0], ids[2], ids[3]):
+        store.execute("UPDATE amphora SET status = 'DELETED' WHERE id = ?", [amphora_id])
+    assert store.clear_expired_claims(NOW - 110) == 0
+    assert store.clear_expired_claims(NOW - 90) == 2
+    assert set(store.read_health()) == {ids[1], ids[3]}
 
 
 @pytest.mark.postgres
@@ -385,7 +407,7 @@ def test_concurrent_claims_on_postgresql_split_the_stale_amphorae(pg_dsn: str) -
         barrier.wait()
         got: list[str] = []
         for i in range(0, len(ids), 10):
-            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60)
+            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60, now=NOW)
         claimed.append(got)
         s.close()
 
@@ -590,3 +612,98 @@ def test_postgresql_json_views_equal_the_portable_statement(pg_dsn: str) -> None
         udp.listeners[1].listener_id,
     }
     s.close()
+
+
+def test_a_heartbeat_after_a_claim_clears_busy_and_an_older_one_does_not(store: AnyStore) -> None:
+    """An amphora heard after its claim is alive: busy cleared; a heartbeat from before: kept."""
+    ids = _fleet_with_health(store, [200, 200])
+    store.claim_failovers(ids, NOW - 150, now=NOW - 100)
+    store.write_tick(TickWrite(now=NOW, health={ids[0]: NOW - 99, ids[1]: NOW - 101}))
+    assert store.read_health() == {ids[0]: (NOW - 99, False), ids[1]: (NOW - 100, True)}
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Yield a function making a file read-only even for root (chattr +i); undone afterwards."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        path.chmod(0o444)
+        if os.geteuid() == 0:
+            try:
+                subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                pytest.skip(f"cannot make a file read-only as root here: {exc}")
+            made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+
+
+def test_sqlite_ping_fails_on_a_database_that_cannot_be_written(
+    tmp_path: Path, immutable: Callable[[Path], None]
+) -> None:
+    """A read-only database file fails the start-up check, not every tick after it."""
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    s.ping()
+    s.close()
+    immutable(path)
+    s = SQLiteStore(str(path))
+    with pytest.raises(StoreError, match="cannot be written"):
+        s.ping()
+    s.close()
+
+
+def test_sqlite_writes_to_a_deleted_database_file_fail_clearly(tmp_path: Path) -> None:
+    """The file deleted (or replaced) while open: every write raises, nothing goes nowhere."""
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    path.unlink()
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.ping()
+    SQLiteStore(str(path)).close()  # a new file at the same path: still not ours
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.write_tick(TickWrite(now=NOW, health={"a": NOW}))
+    s.close()
+
+
+def test_manager_command_on_a_read_only_sqlite_database_exits_1_at_start(
+    tmp_path: Path, immutable: Callable[[Path], None]
+) -> None:
+    """`manager` on a database it cannot write: one clear line and exit status 1, at start-up."""
+    import sys
+
+    path = tmp_path / "h.db"
+    s = SQLiteStore(str(path))
+    s.create_schema()
+    s.close()
+    immutable(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "amphora_heartbeat", "manager", "--db", f"sqlite:///{path}",
+         "--key", "k", "--bind", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot be written" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_last_update_ahead_beyond_the_tolerance_is_replaced_by_an_older_heartbeat(
+    store: AnyStore,
+) -> None:
+    """Over 10 s ahead of the writer's clock (set back since): replaced; a lagging write: not."""
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW + 3600, "b": NOW + 9, "c": NOW + 50}))
+    store.write_tick(TickWrite(now=NOW, health={"a": NOW, "b": NOW}))
+    # A manager behind on its backlog writes an old heartbeat: its clock is right.
+    store.write_tick(TickWrite(now=NOW + 100, health={"c": NOW}))
+    assert store.read_health() == {
+        "a": (NOW, False),
+        "b": (NOW + 9, False),
+        "c": (NOW + 50, False),
+    }

@@ -193,7 +193,7 @@ def test_concurrent_claims_on_mariadb_split_the_stale_amphorae(mstore: MySQLStor
         barrier.wait()
         got: list[str] = []
         for i in range(0, len(ids), 10):
-            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60)
+            got += s.claim_failovers(ids[i : i + 10] + ids[::-7], NOW - 60, now=NOW)
         claimed.append(got)
         s.close()
 
@@ -213,9 +213,9 @@ def test_a_claim_skips_rows_another_manager_holds(mstore: MySQLStore) -> None:
     with _admin(mstore_url(mstore)) as other, other.cursor() as cur:
         cur.execute("BEGIN")
         cur.execute("SELECT 1 FROM amphora_health WHERE amphora_id = %s FOR UPDATE", (ids[1],))
-        assert mstore.claim_failovers(ids, NOW - 60) == sorted([ids[0], ids[2]])
+        assert mstore.claim_failovers(ids, NOW - 60, now=NOW) == sorted([ids[0], ids[2]])
         cur.execute("ROLLBACK")
-    assert mstore.claim_failovers(ids, NOW - 60) == [ids[1]]
+    assert mstore.claim_failovers(ids, NOW - 60, now=NOW) == [ids[1]]
 
 
 @pytest.mark.mysql
@@ -296,14 +296,18 @@ def test_a_tick_that_loses_a_deadlock_is_written_again_once(
         writer.start()  # locks h00, then waits for h39
         with _admin(mstore_url(mstore)) as watch, watch.cursor() as wcur:
             _wait_for_lock_wait(wcur)
-        cur.execute("UPDATE amphora_health SET busy = true WHERE amphora_id = 'h00'")
+        # A claim stamps last_update; later than the tick's heartbeat, so it stays busy.
+        cur.execute(
+            "UPDATE amphora_health SET busy = true, last_update = last_update + INTERVAL 15 SECOND"
+            " WHERE amphora_id = 'h00'"
+        )
         cur.execute("COMMIT")
         writer.join(60)
     assert errors == []
     assert "retrying" in caplog.text
     assert mstore.read_statistics()[("l", "a")] == ListenerStats(6, 6, 5, 6, 6)
     assert mstore.read_health()["h39"] == (NOW + 10, False)
-    assert mstore.read_health()["h00"] == (NOW + 10, True)  # the other's write kept too
+    assert mstore.read_health()["h00"] == (NOW + 15, True)  # the other's write kept too
 
 
 @pytest.mark.mysql

@@ -101,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=seconds,
         default=300.0,
         metavar="S",
-        help="kill a failover command still running after S seconds (a failure); "
-        "default %(default)s",
+        help="kill a failover command still running after S seconds (a failure); a claim"
+        " older than the heartbeat timeout + S is taken over; default %(default)s",
     )
     add_options(parser, "heartbeat-timeout", "heartbeat-interval", "health-check-interval", "tick")
     parser.add_argument(
@@ -130,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reuse-port",
         action="store_true",
         help="bind with SO_REUSEPORT (what each of several --workers does); default off",
+    )
+    parser.add_argument(
+        "--check-source",
+        action="store_true",
+        help="ignore heartbeats not sent from their amphora's lb_network_ip; default off"
+        " (on is recommended)",
     )
     parser.add_argument(
         "--sock-rlimit",
@@ -292,7 +298,7 @@ def _open(url: str) -> Store:
     store = open_database(url)
     for attempt in range(2):
         try:
-            store.create_schema()  # only the tables missing: nothing on an Octavia database
+            store.create_schema()  # only the tables missing: on Octavia's, our own
             break
         except StoreError:
             if attempt:
@@ -334,7 +340,9 @@ def _run(
         failover_threshold=config.failover_threshold,
         failover=failover,
         failover_threads=config.failover_threads,
+        failover_timeout=config.failover_timeout,
         tick=args.tick,
+        check_source=args.check_source,
     )
     reloader = Reloader(lambda: build_config(args), config, manager, getter)
     try:

@@ -2,10 +2,17 @@
 
 The receiving thread (or :func:`drain`, in the caller's thread) appends to a
 deque, which needs no lock for one appender and one taker.  A tick takes a batch
-(:meth:`Backlog.take`); a batch whose write failed is put back in front
-(:meth:`Backlog.put_back`) and retried whole.  Beyond ``max_backlog`` the oldest
-heartbeats are dropped and counted: a manager that cannot write must not grow
-without bound.
+(:meth:`Backlog.take`) and settles it once written (:meth:`Backlog.settle`);
+what a failed write left is put back in front and retried.
+
+The backlog is bounded in memory, not only in heartbeats: each heartbeat is
+weighed in items (:func:`~.judge.items`: members, pools, listeners), and
+everything received and not yet committed, the batch being written included,
+stays under ``max_items``.  A heartbeat that would exceed it is refused on
+arrival, one bigger than ``max_heartbeat_items`` alone is refused too (counted
+``oversized_heartbeats``), and beyond ``max_backlog`` heartbeats the oldest are
+dropped.  Refused and dropped heartbeats are counted (``dropped``); losing
+heartbeats holds failovers for a while (:mod:`.losses`).
 """
 
 from __future__ import annotations
@@ -15,40 +22,80 @@ import itertools
 import logging
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import HeartbeatError
 from ..models import Heartbeat
+from .judge import Entry, items
 
 __all__ = ["Backlog", "drain", "receive_forever"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
 
-class Backlog:
-    """Heartbeats received and not yet committed, oldest first."""
+def _weight(entries: Sequence[Entry]) -> int:
+    return sum(e[2] for e in entries)
 
-    def __init__(self, *, max_batch: int, max_backlog: int) -> None:
-        """Hold at most ``max_backlog`` heartbeats; hand out at most ``max_batch`` at once."""
+
+class Backlog:
+    """Heartbeats received and not yet committed, with their sources and sizes, oldest first."""
+
+    def __init__(
+        self, *, max_batch: int, max_backlog: int, max_items: int, max_heartbeat_items: int
+    ) -> None:
+        """Hold at most ``max_backlog`` heartbeats and ``max_items`` items; hand out ``max_batch``.
+
+        A heartbeat of more than ``max_heartbeat_items`` items is refused.
+        """
         self.max_batch = max_batch
         self.max_backlog = max_backlog
+        self.max_items = max_items
+        self.max_heartbeat_items = max_heartbeat_items
         #: New heartbeats; appended by the receiver (any one thread).
-        self.queue: collections.deque[Heartbeat] = collections.deque()
-        self._held: list[Heartbeat] = []
-        #: Heartbeats dropped so far (backlog full, or a tick that could not be written).
-        self.dropped = 0
+        self.queue: collections.deque[Entry] = collections.deque()
+        self._held: list[Entry] = []
+        # Items appended (the appender's thread) and items settled or dropped
+        # (the taker's): each counter has one writer, so no lock is needed.
+        self._added = 0
+        self._removed = 0
+        self._trimmed = 0
+        #: Heartbeats refused on arrival because the backlog was full (in items).
+        self.refused = 0
+        #: Heartbeats refused for their size alone (more than ``max_heartbeat_items``).
+        self.oversized = 0
 
     def __len__(self) -> int:
         """Return how many heartbeats wait."""
         return len(self.queue) + len(self._held)
 
     @property
+    def items(self) -> int:
+        """Return the items held: received, not yet committed nor dropped."""
+        return self._added - self._removed
+
+    @property
+    def dropped(self) -> int:
+        """Return the heartbeats dropped so far (refused on arrival, or the oldest trimmed)."""
+        return self._trimmed + self.refused
+
+    @property
     def full_batch_waiting(self) -> bool:
         """Tell whether a whole batch is already waiting (no reason to pause)."""
         return len(self.queue) >= self.max_batch
 
-    def take(self) -> list[Heartbeat]:
+    def append(self, heartbeat: Heartbeat, source: str | None) -> None:
+        """Queue a received heartbeat, unless it is too big or the backlog is full (counted)."""
+        size = items(heartbeat)
+        if size > self.max_heartbeat_items:
+            self.oversized += 1
+        elif self._added - self._removed + size > self.max_items:
+            self.refused += 1
+        else:
+            self._added += size
+            self.queue.append((heartbeat, source, size))
+
+    def take(self) -> list[Entry]:
         """Return the next batch: held heartbeats first, then new ones, oldest first."""
         batch = self._held
         queue = self.queue
@@ -61,7 +108,7 @@ class Backlog:
                 excess,
                 extra={"event": "backlog_full", "count": excess},
             )
-            self.drop(excess)
+            self.drop(batch[:excess])
             del batch[:excess]
         self._held = []
         return batch
@@ -71,19 +118,22 @@ class Backlog:
         if len(self) > self.max_backlog:
             self._held = self.take()
 
-    def put_back(self, batch: list[Heartbeat]) -> None:
-        """Return a batch whose write failed to the front of the line."""
-        self._held = batch + self._held
+    def settle(self, batch: Sequence[Entry], remaining: list[Entry]) -> None:
+        """Release a written batch, putting ``remaining`` (not written) back in front."""
+        self._removed += _weight(batch) - _weight(remaining)
+        if remaining:
+            self._held = remaining + self._held
 
-    def drop(self, n: int) -> None:
-        """Count ``n`` heartbeats dropped without being written."""
-        self.dropped += n
+    def drop(self, entries: Sequence[Entry]) -> None:
+        """Release ``entries`` dropped without being written, and count them."""
+        self._trimmed += len(entries)
+        self._removed += _weight(entries)
 
     def pending_since(self, cutoff: float) -> set[str]:
         """Return the amphorae with a heartbeat waiting that was received at or after ``cutoff``."""
         return {
             h.amphora_id
-            for h in itertools.chain(self._held, list(self.queue))
+            for h, _, _ in itertools.chain(self._held, list(self.queue))
             if h.recv_time is not None and h.recv_time >= cutoff
         }
 
@@ -98,20 +148,20 @@ def drain(getter: Any, backlog: Backlog) -> None:
         if not ready:
             return
         try:
-            heartbeat, _ = getter.dorecv()
+            heartbeat, source = getter.dorecv()
         except HeartbeatError:
             continue  # counted by the getter
         except (TimeoutError, OSError):
             return
-        backlog.queue.append(heartbeat)
+        backlog.append(heartbeat, source)
 
 
 def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool]) -> None:
     """Receive into ``backlog`` until ``stopping()`` or the getter is closed (a thread's body)."""
-    append = backlog.queue.append
+    append = backlog.append
     while not stopping():
         try:
-            heartbeat, _ = getter.dorecv()
+            heartbeat, source = getter.dorecv()
         except (TimeoutError, HeartbeatError):
             continue
         except OSError:
@@ -120,4 +170,4 @@ def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool])
             log.exception("receiving failed; retrying")
             time.sleep(0.1)
             continue
-        append(heartbeat)
+        append(heartbeat, source)

@@ -53,8 +53,9 @@ from ..tracker import decide
 from .backlog import Backlog, drain, receive_forever
 from .failover import Failover, FailoverRunner
 from .histogram import DelayHistogram
-from .judge import ViewCache, judge
+from .judge import Entry, ViewCache
 from .losses import GateHolds, LossWatch
+from .writer import BatchWriter
 
 __all__ = ["HealthManager", "TickReport", "tune_gc"]
 
@@ -73,13 +74,20 @@ _COUNTERS = (
     "status_changes",
     "store_errors",
     "tick_errors",
+    "poison_heartbeats",
+    "unstorable_id",
+    "source_mismatch",
+    "stats_replayed",
+    "stats_unknown_listener",
     "dropped",
+    "oversized_heartbeats",
     "failovers_started",
     "failovers_succeeded",
     "failovers_failed",
     "failovers_held_back",
     "failovers_waiting",
     "failovers_held_overloaded",
+    "claims_cleared",
     "failovers_held_startup",
     "failovers_held_paused",
     "stale_not_failed_over",
@@ -100,6 +108,19 @@ class TickReport:
     lag: float = 0.0
     #: Whether the tick's write failed (its heartbeats wait for the next try).
     failed: bool = False
+
+
+# The longest wait before a write is tried again after a store error, in seconds.
+_MAX_BACKOFF = 5.0
+
+
+def _waiting(now: float, deadline: float, longest: float) -> bool:
+    """Tell whether ``now`` is before ``deadline``, set at most ``longest`` seconds ahead.
+
+    A deadline further ahead than that was set by a clock since set back: it is
+    due now, or a corrected clock would delay the work by the correction.
+    """
+    return now < deadline <= now + longest
 
 
 def _check_timings(
@@ -150,13 +171,31 @@ class HealthManager:
         ``load_balancer_id`` gets the amphora's load balancer id too.  None:
         stale amphorae are logged and counted, nothing is marked busy.
     :param failover_threads: most failovers running at once.
+    :param failover_timeout: most seconds a failover runs (a
+        :class:`FailoverCommand` is killed then).  A claim older than
+        ``heartbeat_timeout + failover_timeout`` belongs to a manager that died:
+        another takes it over (or, if the amphora left ``ALLOCATED``, only
+        clears its health row).
     :param tick: seconds between ticks of :meth:`run`.
     :param max_batch: most heartbeats judged in one tick (the rest wait for the next).
     :param max_backlog: most heartbeats kept while the store is failing; the
         oldest beyond it are dropped (and counted).
+    :param max_backlog_items: most items (see
+        :func:`~amphora_heartbeat.manager.judge.items`: about 130 bytes each at
+        most) held received and not yet committed; a heartbeat beyond it is
+        refused on arrival (counted ``dropped``).  The default bounds the
+        backlog to about 250 MiB.
+    :param max_heartbeat_items: the largest heartbeat accepted, in items; a
+        bigger one is refused (counted ``oversized_heartbeats``).  The default
+        is above any heartbeat of UUID-named members that fits the 1 MiB
+        decompressed limit (about 24,000 members).
     :param started: the start of the start-up grace, seconds since the epoch;
         None: the first :meth:`step`'s ``now``.
     :param clock: the wall clock :meth:`run` and commit times use.
+    :param check_source: write nothing for a heartbeat whose source address is not
+        its amphora's ``lb_network_ip`` (when that is set), and count it
+        ``source_mismatch``.  Octavia does not check; recommended where
+        amphorae share one key.
     """
 
     def __init__(
@@ -170,25 +209,31 @@ class HealthManager:
         failover_threshold: int | None = None,
         failover: Failover | None = None,
         failover_threads: int = 10,
+        failover_timeout: float = 600.0,
         tick: float = 0.1,
         max_batch: int = 20_000,
         max_backlog: int = 1_000_000,
+        max_backlog_items: int = 2_000_000,
+        max_heartbeat_items: int = 50_000,
         started: float | None = None,
         clock: Callable[[], float] = time.time,
+        check_source: bool = False,
     ) -> None:
         _check_timings(
             heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
         )
-        if tick <= 0:
-            raise ValueError("tick must be positive")
-        if max_batch < 1 or max_backlog < 1:
-            raise ValueError("max_batch and max_backlog must be at least 1")
+        if tick <= 0 or failover_timeout <= 0:
+            raise ValueError("tick and failover_timeout must be positive")
+        if min(max_batch, max_backlog, max_backlog_items, max_heartbeat_items) < 1:
+            raise ValueError("max_batch and the backlog bounds must be at least 1")
         self.getter = getter
         self.store = store
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.health_check_interval = health_check_interval
         self.failover_threshold = failover_threshold
+        #: Seconds after which another manager's unfinished claim may be taken over.
+        self.failover_lease = heartbeat_timeout + failover_timeout
         self.tick = tick
         self.started = started
         self.clock = clock
@@ -208,8 +253,20 @@ class HealthManager:
             "tick_seconds_total": 0.0,
             "lag_seconds": 0.0,
         }
-        self._backlog = Backlog(max_batch=max_batch, max_backlog=max_backlog)
+        self._backlog = Backlog(
+            max_batch=max_batch,
+            max_backlog=max_backlog,
+            max_items=max_backlog_items,
+            max_heartbeat_items=max_heartbeat_items,
+        )
         self._views = ViewCache()
+        self._writer = BatchWriter(
+            store,
+            self._views,
+            heartbeat_interval=heartbeat_interval,
+            check_source=check_source,
+            clock=clock,
+        )
         self._losses = LossWatch(heartbeat_timeout, self._counts)
         self._holds = GateHolds(self._counts)
         self._failovers = FailoverRunner(
@@ -238,11 +295,15 @@ class HealthManager:
 
     # --- feeding -------------------------------------------------------------------
 
-    def submit(self, heartbeat: Heartbeat) -> None:
-        """Queue a heartbeat received elsewhere (its ``recv_time`` must be set)."""
+    def submit(self, heartbeat: Heartbeat, source: str | None = None) -> None:
+        """Queue a heartbeat received elsewhere (its ``recv_time`` must be set).
+
+        ``source`` is the IP address it came from; with ``check_source`` a
+        heartbeat without one counts as a mismatch.
+        """
         if heartbeat.recv_time is None:
             raise ValueError("submit() needs a heartbeat with its recv_time")
-        self._backlog.queue.append(heartbeat)
+        self._backlog.append(heartbeat, source)
 
     # --- one tick ------------------------------------------------------------------
 
@@ -259,13 +320,15 @@ class HealthManager:
             drain(self.getter, self._backlog)
         report = self._tick(now)
         self._apply_finished(now)
-        if self._next_check is None or now >= self._next_check:
+        if self._next_check is None or not _waiting(
+            now, self._next_check, self.health_check_interval
+        ):
             self._next_check = now + self.health_check_interval
             self._check(now)
         return report
 
     def _tick(self, now: float) -> TickReport:
-        if now < self._retry_at:
+        if _waiting(now, self._retry_at, _MAX_BACKOFF):
             # Backing off after a store error: keep receiving, write later.
             self._backlog.hold()
             return TickReport(failed=True)
@@ -273,21 +336,9 @@ class HealthManager:
         if not batch:
             return TickReport()
         start = self.clock()
-        lag = max(now - min(h.recv_time for h in batch if h.recv_time is not None), 0.0)
+        lag = max(now - min(e[0].recv_time for e in batch if e[0].recv_time is not None), 0.0)
         try:
-            stored = self.store.read_views({h.amphora_id for h in batch})
-            judged = judge(
-                batch,
-                stored,
-                self._views,
-                heartbeat_interval=self.heartbeat_interval,
-                clock=self.clock,
-            )
-            rows = self.store.write_tick(judged.write) if len(judged.write) else 0
-        except StoreError as exc:
-            self._store_failed(exc, now)
-            self._backlog.put_back(batch)
-            return TickReport(len(batch), 0, lag, failed=True)
+            written = self._writer.write(batch)
         except Exception:
             # A bug or data the rules refuse: retrying the same batch would fail
             # for ever, so it is dropped (counted), and the manager goes on.
@@ -297,29 +348,28 @@ class HealthManager:
                 extra={"event": "tick_failed", "count": len(batch)},
             )
             self._counts["tick_errors"] += 1
-            self._backlog.drop(len(batch))
+            self._backlog.drop(batch)
             return TickReport(len(batch), 0, lag, failed=True)
-        self._committed(batch, judged.counts, rows, start, lag)
-        self._count_write(judged.write)
-        return TickReport(len(batch), rows, lag)
+        self._counts.update(written.counts)
+        self._backlog.settle(batch, written.remaining)
+        if written.committed:
+            self._committed(written.committed, written.rows, start, lag)
+            for write in written.writes:
+                self._count_write(write)
+        if written.failed is not None:
+            self._store_failed(written.failed, now)
+            return TickReport(len(batch), written.rows, lag, failed=True)
+        return TickReport(len(batch), written.rows, lag)
 
-    def _committed(
-        self,
-        batch: Sequence[Heartbeat],
-        judged: Mapping[str, int],
-        rows: int,
-        start: float,
-        lag: float,
-    ) -> None:
+    def _committed(self, batch: Sequence[Entry], rows: int, start: float, lag: float) -> None:
         """Count a committed tick and the receive-to-commit delay of each heartbeat in it."""
         committed = self.clock()
         self._failures = 0
-        self._counts.update(judged)
         self._counts["ticks"] += 1
         self._counts["heartbeats_judged"] += len(batch)
         self._counts["rows_written"] += rows
         delays = self.delays
-        for h in batch:
+        for h, _, _ in batch:
             delays.add(committed - h.recv_time)  # type: ignore[operator]
         self._gauges["tick_seconds"] = committed - start
         self._gauges["tick_seconds_total"] += committed - start
@@ -339,7 +389,7 @@ class HealthManager:
         self._failures += 1
         self._counts["store_errors"] += 1
         self.paused_at = now if self.paused_at is None else max(self.paused_at, now)
-        backoff = min(0.1 * 2 ** (self._failures - 1), 5.0)
+        backoff = min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF)
         self._retry_at = now + backoff
         log.warning(
             "store error (%s); retrying in %.1fs, no failover for %ss",
@@ -353,24 +403,46 @@ class HealthManager:
 
     def _check(self, now: float) -> None:
         """Run the stale check at ``now``: the tracker's policy over the store's candidates."""
+        self._clock_set_back(now)
         self._losses.note(now, fd=self._socket_fd(), dropped=self._backlog.dropped)
-        if now < self._retry_at:
+        if _waiting(now, self._retry_at, _MAX_BACKOFF):
             return
         cutoff = now - self.heartbeat_timeout
+        lease_cutoff = now - self.failover_lease
         try:
-            candidates = self.store.stale_amphorae(cutoff)
+            cleared = self.store.clear_expired_claims(lease_cutoff)
+            if cleared:
+                self._counts["claims_cleared"] += cleared
+                log.warning("cleared %d expired failover claims of amphorae gone", cleared)
+            candidates = self.store.stale_amphorae(cutoff, lease_cutoff)
             if candidates:
                 # A heartbeat received but not committed yet (the manager is behind)
                 # counts: a slow database must not fail a live amphora over.
                 pending = self._backlog.pending_since(cutoff)
                 candidates = {a: s for a, s in candidates.items() if a not in pending}
             self._gauges["stale_amphorae"] = len(candidates)
-            self._judge_stale(candidates, now, cutoff)
+            self._judge_stale(candidates, now, cutoff, lease_cutoff)
         except StoreError as exc:
             self._store_failed(exc, now)
 
+    def _clock_set_back(self, now: float) -> None:
+        """Bring times ahead of ``now`` back to it: they were read from a clock since set back.
+
+        So a corrected clock holds failovers a timeout at most, not the size of
+        the correction.
+        """
+        if self.started is not None and self.started > now:
+            self.started = now
+        if self.paused_at is not None and self.paused_at > now:
+            self.paused_at = now
+        self._losses.set_back(now)
+
     def _judge_stale(
-        self, candidates: Mapping[str, StaleAmphora], now: float, cutoff: float
+        self,
+        candidates: Mapping[str, StaleAmphora],
+        now: float,
+        cutoff: float,
+        lease_cutoff: float,
     ) -> None:
         """Apply the failover policy to the stale ``candidates`` (by amphora id)."""
         held = {a for a, c in candidates.items() if c.status == "FAILOVER_STOPPED"}
@@ -399,7 +471,12 @@ class HealthManager:
         if decision.failover:
             lbs = {a: candidates[a].load_balancer_id for a in decision.failover}
             self._failovers.start(
-                self.store, decision.failover, cutoff, now=now, load_balancers=lbs
+                self.store,
+                decision.failover,
+                cutoff,
+                now=now,
+                load_balancers=lbs,
+                lease_cutoff=lease_cutoff,
             )
 
     def _stop_storm(self, stopped: Sequence[str]) -> None:
@@ -542,8 +619,11 @@ class HealthManager:
         ``ticks``, ``heartbeats_judged``, ``heartbeats_recorded``, ``rows_written``,
         ``unknown_amphora``,
         ``not_recorded.<reason>``, ``status_changes``, ``store_errors``, ``tick_errors``,
-        ``rows_written.<table>``,
-        ``dropped``, ``failovers_started`` / ``_succeeded`` / ``_failed`` /
+        ``poison_heartbeats``, ``unstorable_id``, ``source_mismatch``,
+        ``stats_replayed``, ``stats_unknown_listener`` (see
+        ``docs/reference/errors.md``), ``rows_written.<table>``, ``dropped``,
+        ``oversized_heartbeats``, ``claims_cleared``,
+        ``failovers_started`` / ``_succeeded`` / ``_failed`` /
         ``_held_back`` / ``_waiting`` / ``_held_overloaded`` (stale amphorae not
         failed over because heartbeats were lost within ``heartbeat_timeout``) /
         ``_held_startup`` / ``_held_paused`` (in the start-up grace, or after a
@@ -552,7 +632,8 @@ class HealthManager:
         on the receive socket, Linux only), ``overloads`` (stale checks that found
         heartbeats lost); gauges
         ``tick_seconds`` and ``lag_seconds`` (last tick), ``tick_seconds_total`` (all
-        committed ticks), ``max_lag_seconds``, ``backlog``, ``last_commit_seconds``
+        committed ticks), ``max_lag_seconds``, ``backlog``, ``backlog_items``,
+        ``last_commit_seconds``
         (seconds since the epoch, once a tick committed), ``stale_amphorae`` (at the
         last stale check, once one ran), ``amphorae_heard`` (distinct amphorae
         recorded since the start), and the receive-to-commit delay
@@ -565,10 +646,12 @@ class HealthManager:
         # Copies first: a scrape reads this from another thread while ticks add keys.
         counts = dict(self._counts)
         counts["dropped"] = self._backlog.dropped
+        counts["oversized_heartbeats"] = self._backlog.oversized
         out.update((name, counts.get(name, 0)) for name in _COUNTERS)
         out.update(sorted((k, v) for k, v in counts.items() if k.startswith(_KEYED)))
         out.update(dict(self._gauges))
         out["backlog"] = self.backlog
+        out["backlog_items"] = self._backlog.items
         out["amphorae_heard"] = len(self._heard)
         out["delay_p99_seconds"] = self.delays.quantile(0.99)
         out["delay_max_seconds"] = self.delays.maximum

@@ -199,16 +199,19 @@ class FailoverRunner:
         *,
         now: float,
         load_balancers: Mapping[str, str] | None = None,
+        lease_cutoff: float | None = None,
     ) -> None:
         """Claim as many of ``stale`` as threads are free, and start their failovers.
 
         ``load_balancers`` maps amphora ids to their load balancer's id, handed
-        to a failover that takes ``load_balancer_id``.
+        to a failover that takes ``load_balancer_id``.  A claim is a lease
+        stamped ``now``; one made before ``lease_cutoff`` by a manager that never
+        finished may be taken over (never one running here).
         """
         if self.failover is None:
             self._log_unhandled(stale)
             return
-        stale = self._due(stale, now)
+        stale = [a for a in self._due(stale, now) if a not in self.running]
         if not stale:
             return
         free = self.threads - len(self.running)
@@ -216,7 +219,7 @@ class FailoverRunner:
             self.counts["failovers_waiting"] += len(stale)
             return
         # Claim only what can start now: a claimed amphora is busy until done.
-        claimed = store.claim_failovers(stale[:free], cutoff)
+        claimed = store.claim_failovers(stale[:free], cutoff, now=now, lease_cutoff=lease_cutoff)
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.threads, thread_name_prefix="amphora-failover"

@@ -5,11 +5,23 @@ Pure apart from the clock passed in: each heartbeat is judged in arrival order b
 heartbeats before it left it, and judged at its receive time, so waiting in a
 backlog never makes it late.  So a batch gives what judging its heartbeats one
 by one would, and only what changed is written.
+
+What a key holder cannot make the manager write:
+
+* statistics rows for listeners that are not its load balancer's (counted
+  ``stats_unknown_listener``);
+* the statistics deltas of a sequence number already counted (the replay guard
+  of :mod:`.replay`, counted ``stats_replayed``);
+* with ``check_source``, anything at all for an amphora whose ``lb_network_ip``
+  is not the heartbeat's source address (counted ``source_mismatch``).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import ipaddress
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,8 +31,28 @@ from ..models import Heartbeat, ListenerStats
 from ..rules import LoadBalancerView, derive
 from ..stats import fold
 from ..store import StatsUpsert, StoredView, TickWrite
+from .replay import SeqState, admit
 
-__all__ = ["Judgement", "ViewCache", "judge"]
+__all__ = ["Entry", "Judgement", "ViewCache", "items", "judge", "same_address"]
+
+#: A received heartbeat, the address it came from (None: not known), and its size
+#: in items (see :func:`items`).
+Entry = tuple[Heartbeat, str | None, int]
+
+
+def items(heartbeat: Heartbeat) -> int:
+    """Return the size of ``heartbeat`` in items: its members, four per pool and listener, eight.
+
+    What a parsed heartbeat holds in memory grows with this count: about
+    130 bytes per item at most (a member's id and its dict slot; a pool or a
+    listener is about four members' worth).  The backlog is bounded in items.
+    """
+    pools = heartbeat.pools
+    members = sum(map(len, map(_members, pools.values())))
+    return members + 4 * (len(pools) + len(heartbeat.listeners)) + 8
+
+
+_members = operator.attrgetter("members")
 
 # Views kept between ticks (by load balancer id); cleared when this many.
 _VIEW_CACHE_SIZE = 200_000
@@ -46,6 +78,28 @@ class ViewCache:
             self._views.clear()
         self._views[sv.load_balancer_id] = (sv.view, sv.udp_listeners_down, view)
         return view
+
+
+@functools.lru_cache(maxsize=65_536)
+def _address(text: str) -> str:
+    """Return ``text`` as one canonical address string (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def same_address(source: str, expected: str) -> bool:
+    """Tell whether ``source`` is the address ``expected``; ``::ffff:a.b.c.d`` is ``a.b.c.d``."""
+    return source == expected or _address(source) == _address(expected)
+
+
+def _boot(heartbeat: Heartbeat) -> int:
+    """Return the agent's boot time the heartbeat carries (seconds), 0 if it carries none."""
+    return heartbeat.boot or 0
 
 
 @attrs.frozen
@@ -89,6 +143,7 @@ class _Tally:
 
     views: ViewCache
     heartbeat_interval: float
+    check_source: bool = False
     counts: collections.Counter[str] = attrs.Factory(collections.Counter)
     original: dict[str, LoadBalancerView] = attrs.Factory(dict)
     current: dict[str, LoadBalancerView] = attrs.Factory(dict)
@@ -96,9 +151,17 @@ class _Tally:
     reallocated: set[str] = attrs.Factory(set)
     rows: dict[tuple[str, str], ListenerStats] = attrs.Factory(dict)
     replaced: set[tuple[str, str]] = attrs.Factory(set)
+    seqs: dict[str, tuple[SeqState | None, SeqState]] = attrs.Factory(dict)
 
-    def add(self, heartbeat: Heartbeat, sv: StoredView) -> None:
+    def add(self, heartbeat: Heartbeat, source: str | None, sv: StoredView) -> None:
         """Judge one heartbeat of a known amphora against its load balancer's current view."""
+        if (
+            self.check_source
+            and sv.lb_network_ip
+            and not (source is not None and same_address(source, sv.lb_network_ip))
+        ):
+            self.counts["source_mismatch"] += 1
+            return
         lb_id = sv.load_balancer_id
         view = self.current.get(lb_id)
         if view is None:
@@ -111,10 +174,32 @@ class _Tally:
             self._record(heartbeat.amphora_id, recv_time, sv)
         else:
             self.counts["not_recorded." + str(update.reason)] += 1
-        folded = fold(self.rows, heartbeat)
-        self.rows.update(folded)
-        if not heartbeat.stats_are_deltas:
-            self.replaced.update(folded)
+        if heartbeat.listeners:
+            self._fold(heartbeat, sv, view)  # updates change statuses, not listeners
+
+    def _fold(self, heartbeat: Heartbeat, sv: StoredView, view: LoadBalancerView) -> None:
+        """Fold the heartbeat's statistics of the load balancer's own listeners, once per seq."""
+        deltas = heartbeat.stats_are_deltas
+        if deltas and not self._admit(heartbeat, sv):
+            self.counts["stats_replayed"] += 1
+            return
+        known = view.listeners
+        for key, row in fold(self.rows, heartbeat).items():
+            if key[0] not in known:
+                self.counts["stats_unknown_listener"] += 1
+                continue
+            self.rows[key] = row
+            if not deltas:
+                self.replaced.add(key)
+
+    def _admit(self, heartbeat: Heartbeat, sv: StoredView) -> bool:
+        amphora_id = heartbeat.amphora_id
+        seen = self.seqs.get(amphora_id)
+        old = sv.seq if seen is None else seen[0]
+        ok, new = admit(sv.seq if seen is None else seen[1], heartbeat.seq, _boot(heartbeat))
+        if ok:
+            self.seqs[amphora_id] = (old, new)
+        return ok
 
     def _record(self, amphora_id: str, recv_time: float, sv: StoredView) -> None:
         self.counts["heartbeats_recorded"] += 1
@@ -142,28 +227,32 @@ class _Tally:
                 StatsUpsert(k[0], k[1], s, add=k not in self.replaced) for k, s in self.rows.items()
             ],
             reallocated=self.reallocated,
+            seqs=self.seqs,
         )
 
 
 def judge(
-    batch: Sequence[Heartbeat],
+    batch: Sequence[Entry],
     stored: Mapping[str, StoredView],
     views: ViewCache,
     *,
     heartbeat_interval: float,
     clock: Callable[[], float],
+    check_source: bool = False,
 ) -> Judgement:
-    """Judge a tick's heartbeats in arrival order against the ``stored`` views.
+    """Judge a tick's heartbeats (with their sources) in arrival order against ``stored``.
 
     A heartbeat of an amphora missing from ``stored`` (unknown, or deleted)
-    writes nothing.  ``clock()`` gives the written rows' ``updated_at``.
+    writes nothing; with ``check_source``, nor does one whose source is not its
+    amphora's ``lb_network_ip`` (when that is set).  ``clock()`` gives the
+    written rows' ``updated_at``.
     """
-    tally = _Tally(views, heartbeat_interval)
-    for heartbeat in batch:
+    tally = _Tally(views, heartbeat_interval, check_source)
+    for heartbeat, source, _ in batch:
         sv = stored.get(heartbeat.amphora_id)
         if sv is None:
             tally.counts["unknown_amphora"] += 1
         else:
-            tally.add(heartbeat, sv)
+            tally.add(heartbeat, source, sv)
     write = tally.write(clock())
     return Judgement(write, tally.counts)

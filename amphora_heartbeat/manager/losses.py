@@ -93,6 +93,11 @@ class LossWatch:
         self.counts["overloads"] += 1
         self.overloaded_at = now if self.overloaded_at is None else max(self.overloaded_at, now)
 
+    def set_back(self, now: float) -> None:
+        """Bring :attr:`overloaded_at` back to ``now`` if a clock since set back put it ahead."""
+        if self.overloaded_at is not None and self.overloaded_at > now:
+            self.overloaded_at = now
+
     def count_held(self, stale: Sequence[str], started: Sequence[str], now: float) -> None:
         """Count and log stale amphorae not failed over because heartbeats were lost."""
         at = self.overloaded_at

@@ -18,7 +18,18 @@ A store object is not thread-safe: one thread (the manager's loop) uses it.
 
 from __future__ import annotations
 
-from .base import StaleAmphora, StatsUpsert, Store, StoredView, StoreError, TickWrite
+from .base import (
+    MAX_ID_LENGTH,
+    StaleAmphora,
+    StatsUpsert,
+    Store,
+    StoreConflict,
+    StoreDataError,
+    StoredView,
+    StoreError,
+    TickWrite,
+    storable_id,
+)
 from .mysql import MySQLStore
 from .postgres import PostgresStore
 from .schema import (
@@ -34,6 +45,7 @@ from .url import DatabaseURL, parse_url
 __all__ = [
     "ELIGIBLE_AMPHORA_STATUSES",
     "FAILOVER_LB_STATUSES",
+    "MAX_ID_LENGTH",
     "OPERATING_STATUSES",
     "PROVISIONING_STATUSES",
     "TABLES",
@@ -44,11 +56,14 @@ __all__ = [
     "StaleAmphora",
     "StatsUpsert",
     "Store",
+    "StoreConflict",
+    "StoreDataError",
     "StoreError",
     "StoredView",
     "TickWrite",
     "open_store",
     "parse_url",
+    "storable_id",
 ]
 
 

@@ -8,35 +8,40 @@ connection handling) and may override a statement where its SQL allows better.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
 from ..models import ListenerStats
-from .schema import LOOKUPS, TABLES, ddl
+from .claims import ClaimStatements, StaleAmphora
+from .engine import epoch, utc
+from .schema import LOOKUPS, TABLES
 
 if TYPE_CHECKING:
     from ..testing import AmphoraSpec
 
 __all__ = [
+    "CLOCK_TOLERANCE",
     "HEALTH_UPSERT",
     "LIVE",
+    "MAX_ID_LENGTH",
     "STATS_ADD",
     "STATS_REPLACE",
     "SQLStore",
     "StaleAmphora",
     "StatsUpsert",
     "Store",
+    "StoreConflict",
+    "StoreDataError",
     "StoreError",
     "StoredView",
     "TickWrite",
     "epoch",
     "stats_rows",
+    "storable_id",
     "utc",
 ]
 
@@ -49,28 +54,47 @@ log = logging.getLogger("amphora_heartbeat.store")
 LIVE = "a.status <> 'DELETED' AND lb.provisioning_status <> 'DELETED'"
 _VIEW_SQL = (
     "SELECT a.id, 0, a.status, lb.id, lb.enabled, lb.provisioning_status,"
-    " lb.operating_status, a.lb_network_ip"
+    " lb.operating_status, a.lb_network_ip, s.boot, s.seq, s.seen"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " LEFT JOIN amphora_heartbeat_seq s ON s.amphora_id = a.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
-    " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL"
+    " SELECT a.id, 1, l.id, l.protocol, l.enabled, l.operating_status, l.default_pool_id, NULL,"
+    " NULL, NULL, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN listener l ON l.load_balancer_id = lb.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
     " UNION ALL"
-    " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL"
+    " SELECT a.id, 2, p.id, p.operating_status, m.enabled, m.operating_status, m.id, NULL,"
+    " NULL, NULL, NULL"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
     " JOIN pool p ON p.load_balancer_id = lb.id LEFT JOIN member m ON m.pool_id = p.id"
     f" WHERE a.id {{ids}} AND {LIVE}"
 )
 
+#: Seconds a stored ``last_update`` may be ahead of the writing manager's clock
+#: before a heartbeat replaces it: managers' clocks may differ this much.
+CLOCK_TOLERANCE = 10
+
+# last_update never moves backwards, except from a time more than CLOCK_TOLERANCE
+# ahead of the writing manager's clock (the last ?: written by a clock since set
+# back, it must not shield the amphora from failover).  A write that moves the
+# row also clears busy: an amphora heard after its claim (a claim stamps the row)
+# is alive, so a claim left by a manager that died ends there; a running failover
+# is not stopped, and the load balancer's PENDING_UPDATE keeps others from a
+# second one.  Both CASEs read the row as it was (SQLite and PostgreSQL evaluate
+# SET so).
+_MOVES = "excluded.last_update > amphora_health.last_update OR amphora_health.last_update > ?"
 HEALTH_UPSERT = (
     "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (?, ?, ?)"
-    " ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE"
-    " WHEN excluded.last_update > amphora_health.last_update THEN excluded.last_update"
-    " ELSE amphora_health.last_update END"
+    f" ON CONFLICT (amphora_id) DO UPDATE SET last_update = CASE WHEN {_MOVES}"
+    " THEN excluded.last_update ELSE amphora_health.last_update END,"
+    f" busy = CASE WHEN {_MOVES} THEN false ELSE amphora_health.busy END"
 )
 _STATS_COLUMNS = "bytes_in, bytes_out, active_connections, total_connections, request_errors"
+# A sum beyond the BIGINT column is NULL, which its NOT NULL refuses: the same data
+# error on every engine (SQLite would otherwise store a REAL without a word).
+_MAX_BIGINT = (1 << 63) - 1
 _STATS_INSERT = (
     f"INSERT INTO listener_statistics (listener_id, amphora_id, {_STATS_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (listener_id, amphora_id) DO UPDATE SET "
@@ -79,40 +103,68 @@ STATS_REPLACE = _STATS_INSERT + ", ".join(f"{c} = excluded.{c}" for c in _STATS_
 STATS_ADD = _STATS_INSERT + ", ".join(
     f"{c} = excluded.{c}"
     if c == "active_connections"
-    else f"{c} = listener_statistics.{c} + excluded.{c}"
+    else f"{c} = CASE WHEN listener_statistics.{c} > {_MAX_BIGINT} - excluded.{c} THEN NULL"
+    f" ELSE listener_statistics.{c} + excluded.{c} END"
     for c in _STATS_COLUMNS.split(", ")
 )
 _STATUS_UPDATE = {
     table: f"UPDATE {table} SET operating_status = ?, updated_at = ? WHERE id = ?"
     for table in ("load_balancer", "listener", "pool", "member")
 }
+_SEQ_INSERT = (
+    "INSERT INTO amphora_heartbeat_seq (amphora_id, boot, seq, seen) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (amphora_id) DO NOTHING"
+)
+# Conditional on the state the tick judged against: two managers cannot both
+# count the same sequence number (the second matches no row and starts over).
+_SEQ_UPDATE = (
+    "UPDATE amphora_heartbeat_seq SET boot = ?, seq = ?, seen = ?"
+    " WHERE amphora_id = ? AND boot = ? AND seq = ? AND seen = ?"
+)
 _REALLOCATE = (
     "UPDATE amphora SET status = 'ALLOCATED', updated_at = ?"
     " WHERE id = ? AND status = 'FAILOVER_STOPPED'"
 )
-_STOP = (
-    "UPDATE amphora SET status = 'FAILOVER_STOPPED', updated_at = ?"
-    " WHERE id = ? AND status = 'ALLOCATED'"
-)
-_ELIGIBLE = (
-    "FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
-    " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    " WHERE h.busy = false AND h.last_update < ?"
-    " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
-)
-_STALE = "SELECT h.amphora_id, a.status, a.load_balancer_id " + _ELIGIBLE + " ORDER BY h.amphora_id"
-# {lock} is the engine's row-lock clause: with several managers each stale row
-# is claimed (marked busy) by exactly one of them.
-_CLAIM = (
-    "UPDATE amphora_health SET busy = true WHERE amphora_id IN ("
-    "SELECT h.amphora_id " + _ELIGIBLE + " AND h.amphora_id {ids}"
-    " AND lb.provisioning_status IN ('ACTIVE', 'ERROR') {lock})"
-    " RETURNING amphora_id"
-)
+#: The longest id Octavia's id columns hold (``VARCHAR(36)``: a UUID's text).
+MAX_ID_LENGTH = 36
+
+
+def storable_id(value: str) -> bool:
+    """Tell whether ``value`` can be stored as an id: at most 36 printable characters.
+
+    No control character (PostgreSQL refuses NUL in text), no lone surrogate
+    (not encodable), nothing longer than the column.
+    """
+    return len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
 class StoreError(Exception):
-    """Report that the database could not be read or written (the operation was undone)."""
+    """Report that the database could not be read or written (the operation was undone).
+
+    :attr:`transient` tells a failure that retrying may cure (the database is
+    away, busy or lost a deadlock) from one the data itself causes
+    (:class:`StoreDataError`): the same write would fail again.
+    """
+
+    #: Whether the same operation may succeed later (the database, not the data, failed).
+    transient: bool = True
+
+
+class StoreDataError(StoreError):
+    """Report that the database refused the data written (a value it cannot hold, a constraint).
+
+    Retrying the same write fails again; each engine maps its driver's integrity
+    and data errors (and values the driver cannot bind) to this class.
+    """
+
+    transient = False
+
+
+class StoreConflict(StoreError):
+    """Report that another manager changed a row this write was conditioned on.
+
+    The transaction was undone; reading again and judging again resolves it.
+    """
 
 
 @attrs.frozen
@@ -129,15 +181,8 @@ class StoredView:
     udp_listeners_down: frozenset[str] = frozenset()
     #: The address heartbeats of this amphora come from (``lb_network_ip``), if known.
     lb_network_ip: str | None = None
-
-
-class StaleAmphora(NamedTuple):
-    """A failover candidate, as :meth:`Store.stale_amphorae` maps each amphora id."""
-
-    #: The amphora's ``status``: ``ALLOCATED`` or ``FAILOVER_STOPPED``.
-    status: str
-    #: The id of the amphora's load balancer (``amphora.load_balancer_id``).
-    load_balancer_id: str
+    #: The replay guard's state ``(boot, seq, seen)`` (``amphora_heartbeat_seq``), if any.
+    seq: tuple[int, int, int] | None = None
 
 
 @attrs.frozen
@@ -170,6 +215,11 @@ class TickWrite:
     stats: Sequence[StatsUpsert] = ()
     #: Amphorae that reported while ``FAILOVER_STOPPED``: back to ``ALLOCATED``.
     reallocated: Collection[str] = ()
+    #: Replay-guard states, amphora id to (state judged against or None, new state);
+    #: the write fails with :class:`StoreConflict` unless each is still the stored one.
+    seqs: Mapping[str, tuple[tuple[int, int, int] | None, tuple[int, int, int]]] = attrs.field(
+        factory=dict
+    )
 
     def __len__(self) -> int:
         """Return the number of rows this write touches at most."""
@@ -181,6 +231,7 @@ class TickWrite:
             + len(self.members)
             + len(self.stats)
             + len(self.reallocated)
+            + len(self.seqs)
         )
 
     def rows_by_table(self) -> dict[str, int]:
@@ -193,6 +244,7 @@ class TickWrite:
             "pool": len(self.pools),
             "member": len(self.members),
             "listener_statistics": len(self.stats),
+            "amphora_heartbeat_seq": len(self.seqs),
         }
 
 
@@ -212,12 +264,28 @@ class Store(Protocol):
         """Write one tick in one transaction; return the number of rows written."""
         ...
 
-    def stale_amphorae(self, cutoff: float) -> dict[str, StaleAmphora]:
-        """Return eligible amphorae not busy, last heard before ``cutoff``, with their status."""
+    def stale_amphorae(
+        self, cutoff: float, lease_cutoff: float | None = None
+    ) -> dict[str, StaleAmphora]:
+        """Return eligible amphorae last heard before ``cutoff``, with status and load balancer.
+
+        Not busy, or busy with a claim made before ``lease_cutoff`` (None: none expires).
+        """
         ...
 
-    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
-        """Mark busy those of ``amphora_ids`` still stale at ``cutoff``; return them."""
+    def claim_failovers(
+        self,
+        amphora_ids: Collection[str],
+        cutoff: float,
+        *,
+        now: float,
+        lease_cutoff: float | None = None,
+    ) -> list[str]:
+        """Mark busy those of ``amphora_ids`` still candidates, stamped ``now``; return them."""
+        ...
+
+    def clear_expired_claims(self, lease_cutoff: float) -> int:
+        """Delete health rows whose claim expired before ``lease_cutoff`` and whose amphora left."""
         ...
 
     def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
@@ -237,16 +305,6 @@ class Store(Protocol):
         ...
 
 
-def utc(epoch: float) -> datetime.datetime:
-    """Return a naive UTC datetime for ``epoch`` seconds, as Octavia stores time."""
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
-
-
-def epoch(value: datetime.datetime) -> float:
-    """Return seconds since the epoch for a naive UTC datetime."""
-    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
 def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
     """Fold the view statement's tagged rows into one :class:`StoredView` per amphora."""
     heads: dict[str, tuple[str, str, dict[str, Any], str | None]] = {}
@@ -254,7 +312,8 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
     defaults: dict[str, dict[str, str | None]] = {}
     pools: dict[str, dict[str, Any]] = {}
     enabled_members: dict[str, dict[str, int]] = {}
-    for amp, kind, c3, c4, c5, c6, c7, c8 in rows:
+    seqs: dict[str, tuple[int, int, int]] = {}
+    for amp, kind, c3, c4, c5, c6, c7, c8, boot, seq, seen in rows:
         if kind == 0:
             view = {
                 "id": c4,
@@ -263,6 +322,8 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
                 "operating_status": c7,
             }
             heads[amp] = (c3, c4, view, c8)
+            if seq is not None:
+                seqs[amp] = (int(boot), int(seq), int(seen))
         elif kind == 1:
             listeners.setdefault(amp, {})[c3] = {
                 "operating_status": c6,
@@ -291,7 +352,7 @@ def _build_views(rows: Iterable[Sequence[Any]]) -> dict[str, StoredView]:
                     down.add(lid)
         if amp in pools:
             view["pools"] = pools[amp]
-        views[amp] = StoredView(amp, status, lb_id, view, frozenset(down), ip)
+        views[amp] = StoredView(amp, status, lb_id, view, frozenset(down), ip, seqs.get(amp))
     return views
 
 
@@ -318,50 +379,20 @@ def stats_rows(upserts: Sequence[StatsUpsert]) -> list[tuple[bool, list[tuple[An
     return out
 
 
-class SQLStore:
+class SQLStore(ClaimStatements):
     """The statements every engine shares; subclasses supply the engine hooks."""
 
-    #: The "in this set of ids" test of the engine; one placeholder, see :meth:`_id_set`.
-    _IDS: ClassVar[str]
-    #: The engine's clause that locks claimed rows, skipping rows locked by others.
-    _LOCK: ClassVar[str] = ""
-
-    # --- engine hooks ------------------------------------------------------------------
-    def _sql(self, statement: str) -> str:
-        return statement
-
-    def _id_set(self, ids: Collection[str]) -> Any:
-        raise NotImplementedError
-
-    def _time(self, epoch: float) -> Any:
-        return utc(epoch)
-
-    def _from_time(self, value: Any) -> float:
-        return epoch(value)
-
-    def _table_exists(self, cur: Any, table: str) -> bool:
-        raise NotImplementedError
-
-    def _ddl(self, table: str) -> tuple[str, ...]:
-        return ddl(table)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Any]:
-        raise NotImplementedError
-        yield
+    #: The engine's insert of a new replay-guard state, changing nothing if one exists.
+    _SEQ_INSERT_STATEMENT: ClassVar[str] = _SEQ_INSERT
 
     # --- the store ---------------------------------------------------------------------
     def create_schema(self) -> list[str]:
         """Create the tables that do not exist yet, and the lookup values of new ones.
 
         On a database that already has them (one made by Octavia included)
-        nothing is created and no lookup value is inserted.  Return the names of
-        the tables created.
+        nothing is created and no lookup value is inserted, except this
+        project's own ``amphora_heartbeat_seq`` where it is missing.  Return the
+        names of the tables created.
         """
         created = []
         with self._transaction() as cur:
@@ -405,8 +436,11 @@ class SQLStore:
         now = self._time(write.now)
         rows = 0
         with self._transaction() as cur:
+            if write.seqs:
+                rows += self._write_seqs(cur, sorted(write.seqs.items()))
             if write.health:
-                rows += self._write_health(cur, sorted(write.health.items()))
+                ahead = self._time(write.now + CLOCK_TOLERANCE)
+                rows += self._write_health(cur, sorted(write.health.items()), ahead)
             if write.reallocated:
                 params2 = [(now, a) for a in sorted(write.reallocated)]
                 cur.executemany(self._sql(_REALLOCATE), params2)
@@ -424,9 +458,34 @@ class SQLStore:
             rows += self._write_stats(cur, write.stats)
         return rows
 
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
-        """Upsert ``amphora_health`` rows (sorted by id); return how many."""
-        params = [(a, self._time(t), False) for a, t in health]
+    def _write_seqs(
+        self,
+        cur: Any,
+        seqs: Sequence[tuple[str, tuple[tuple[int, int, int] | None, tuple[int, int, int]]]],
+    ) -> int:
+        """Move each replay-guard state from the one judged against to the new one.
+
+        Raise :class:`StoreConflict` if another manager moved one meanwhile.
+        """
+        new = [(a, *n) for a, (o, n) in seqs if o is None]
+        moved = [(*n, a, *o) for a, (o, n) in seqs if o is not None]
+        matched = 0
+        # executemany sums the rows each statement changed (sqlite3, psycopg 3).
+        for statement, params in ((self._SEQ_INSERT_STATEMENT, new), (_SEQ_UPDATE, moved)):
+            if params:
+                cur.executemany(self._sql(statement), params)
+                matched += max(cur.rowcount, 0)
+        if matched != len(seqs):
+            raise StoreConflict("a sequence state changed meanwhile")
+        return len(seqs)
+
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
+        """Upsert ``amphora_health`` rows (sorted by id); return how many.
+
+        A stored time after ``ahead`` (the engine's time value of the tick's
+        ``now`` plus :data:`CLOCK_TOLERANCE`) is replaced even by an older one.
+        """
+        params = [(a, self._time(t), False, ahead, ahead) for a, t in health]
         cur.executemany(self._sql(HEALTH_UPSERT), params)
         return len(params)
 
@@ -435,65 +494,6 @@ class SQLStore:
         for add, rows in stats_rows(upserts):
             cur.executemany(self._sql(STATS_ADD if add else STATS_REPLACE), rows)
         return len(upserts)
-
-    def stale_amphorae(self, cutoff: float) -> dict[str, StaleAmphora]:
-        """Return the failover candidates at ``cutoff`` (seconds since the epoch).
-
-        Candidates are amphorae in ``ALLOCATED`` or ``FAILOVER_STOPPED`` status,
-        of a load balancer, not busy, whose ``last_update`` is before ``cutoff``;
-        mapped to their status and load balancer, sorted by id.  Rows of other
-        managers count too: the database holds them all.
-        """
-        with self._reading() as cur:
-            cur.execute(self._sql(_STALE), (self._time(cutoff),))
-            return {row[0]: StaleAmphora(row[1], row[2]) for row in cur.fetchall()}
-
-    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
-        """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
-
-        Only amphorae whose load balancer is ``ACTIVE`` or ``ERROR`` are claimed
-        (a failover moves it to ``PENDING_UPDATE``; any other status means
-        someone else is changing it: the amphora waits for the next check).  With
-        several managers each amphora is claimed by exactly one.
-        """
-        if not amphora_ids:
-            return []
-        statement = self._sql(_CLAIM.format(ids=self._IDS, lock=self._LOCK))
-        with self._transaction() as cur:
-            cur.execute(statement, (self._time(cutoff), self._id_set(sorted(amphora_ids))))
-            return sorted(row[0] for row in cur.fetchall())
-
-    def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:
-        """Mark the ``ALLOCATED`` amphorae among ``amphora_ids`` ``FAILOVER_STOPPED``.
-
-        Return how many were changed (the others were stopped already).
-        """
-        if not amphora_ids:
-            return 0
-        changed = 0
-        with self._transaction() as cur:
-            stamp = self._time(now)
-            for amphora_id in sorted(amphora_ids):
-                cur.execute(self._sql(_STOP), (stamp, amphora_id))
-                changed += max(cur.rowcount, 0)
-        return changed
-
-    def finish_failover(self, amphora_id: str, *, succeeded: bool) -> None:
-        """Record a failover's end.
-
-        Success deletes the amphora's ``amphora_health`` row, as Octavia's
-        failover does; failure clears ``busy`` so that the next check retries it.
-        """
-        with self._transaction() as cur:
-            if succeeded:
-                cur.execute(
-                    self._sql("DELETE FROM amphora_health WHERE amphora_id = ?"), (amphora_id,)
-                )
-            else:
-                cur.execute(
-                    self._sql("UPDATE amphora_health SET busy = false WHERE amphora_id = ?"),
-                    (amphora_id,),
-                )
 
     def ping(self) -> None:
         """Raise :class:`StoreError` unless the database answers a trivial query."""

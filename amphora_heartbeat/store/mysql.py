@@ -21,7 +21,16 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .base import LIVE, SQLStore, StatsUpsert, StoredView, StoreError, TickWrite, stats_rows
+from .base import (
+    LIVE,
+    SQLStore,
+    StatsUpsert,
+    StoreDataError,
+    StoredView,
+    StoreError,
+    TickWrite,
+    stats_rows,
+)
 from .url import DatabaseURL, parse_url
 
 __all__ = ["DRIVERS", "MYSQL_DDL", "MySQLStore", "connect_args"]
@@ -62,13 +71,23 @@ _STATS_INSERT = (
 # VALUES(c) is the row that was to be inserted.  MySQL 8.0.20+ prefers a row
 # alias (deprecation warning 1287, still accepted); MariaDB has no row alias.
 _STATS_REPLACE = _STATS_INSERT + ", ".join(f"{c} = VALUES({c})" for c in _STATS)
+# A sum past the BIGINT column is NULL, which NOT NULL refuses (error 1048, a data
+# error), as on the other engines.
 _STATS_ADD = _STATS_INSERT + ", ".join(
-    f"{c} = VALUES({c})" if c == "active_connections" else f"{c} = {c} + VALUES({c})"
+    f"{c} = VALUES({c})"
+    if c == "active_connections"
+    else f"{c} = IF({c} > {(1 << 63) - 1} - VALUES({c}), NULL, {c} + VALUES({c}))"
     for c in _STATS
 )
+# As base.HEALTH_UPSERT.  MySQL assigns left to right, each assignment seeing the
+# ones before it, so busy is decided first, from the row as it was.  {ahead} is a
+# time literal the store formats itself: the drivers send executemany() as one
+# multi-row INSERT only when the clause after VALUES holds no parameter.
+_MOVES = "VALUES(last_update) > last_update OR last_update > '{ahead}'"
 _HEALTH_UPSERT = (
     "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES (%s, %s, %s)"
-    " ON DUPLICATE KEY UPDATE last_update = GREATEST(last_update, VALUES(last_update))"
+    f" ON DUPLICATE KEY UPDATE busy = IF({_MOVES}, false, busy),"
+    f" last_update = IF({_MOVES}, VALUES(last_update), last_update)"
 )
 # The views, one row per amphora with its listeners and pools as JSON built by
 # the server: a tenth of the rows of the portable UNION statement, which the
@@ -86,23 +105,28 @@ _MYSQL_VIEW_SQL = (
     " AND l.protocol = 'UDP' AND NOT EXISTS (SELECT 1 FROM pool p JOIN member m"
     " ON m.pool_id = p.id WHERE p.id = l.default_pool_id AND p.load_balancer_id = lb.id"
     " AND m.enabled))"
+    ", s.boot, s.seq, s.seen"
     " FROM amphora a JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " LEFT JOIN amphora_heartbeat_seq s ON s.amphora_id = a.id"
     f" WHERE a.id IN %s AND {LIVE}"
 )
 # The claim: the candidates by a plain read, then their health rows locked
 # (others' locked rows skipped) and checked again, then marked busy.
+# Not busy and stale, or busy with an expired claim (a lease: see store.claims).
+_STALE_OR_EXPIRED = "((busy = false AND last_update < %s) OR (busy = true AND last_update < %s))"
 _CANDIDATES = (
     "SELECT h.amphora_id FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id"
     " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
-    " WHERE h.amphora_id IN %s AND h.busy = false AND h.last_update < %s"
+    " WHERE h.amphora_id IN %s AND ((h.busy = false AND h.last_update < %s)"
+    " OR (h.busy = true AND h.last_update < %s))"
     " AND a.status IN ('ALLOCATED', 'FAILOVER_STOPPED')"
     " AND lb.provisioning_status IN ('ACTIVE', 'ERROR')"
 )
 _LOCK_CANDIDATES = (
-    "SELECT amphora_id FROM amphora_health WHERE amphora_id IN %s AND busy = false"
-    " AND last_update < %s ORDER BY amphora_id FOR UPDATE SKIP LOCKED"
+    f"SELECT amphora_id FROM amphora_health WHERE amphora_id IN %s AND {_STALE_OR_EXPIRED}"
+    " ORDER BY amphora_id FOR UPDATE SKIP LOCKED"
 )
-_MARK_BUSY = "UPDATE amphora_health SET busy = true WHERE amphora_id IN %s"
+_MARK_BUSY = "UPDATE amphora_health SET busy = true, last_update = %s WHERE amphora_id IN %s"
 
 
 def _create(table: str, *columns: str) -> tuple[str]:
@@ -188,12 +212,20 @@ MYSQL_DDL: dict[str, tuple[str, ...]] = {
         "request_errors BIGINT NOT NULL",
         "PRIMARY KEY (listener_id, amphora_id)",
     ),
+    "amphora_heartbeat_seq": _create(
+        "amphora_heartbeat_seq",
+        "amphora_id VARCHAR(36) NOT NULL PRIMARY KEY",
+        "boot BIGINT NOT NULL",
+        "seq BIGINT NOT NULL",
+        "seen BIGINT NOT NULL",
+    ),
 }
 
 
 def _view(row: Sequence[Any]) -> StoredView:
     """Return the :class:`StoredView` of one row of the JSON view statement."""
-    amp, status, lb_id, ip, enabled, provisioning, operating, listeners, pools, down = row
+    amp, status, lb_id, ip, enabled, provisioning, operating, listeners, pools, down = row[:10]
+    boot, seq, seen = row[10:]
     view: dict[str, Any] = {
         "id": lb_id,
         "enabled": bool(enabled),
@@ -214,7 +246,8 @@ def _view(row: Sequence[Any]) -> StoredView:
             for pid, (o, ms) in json.loads(pools).items()
         }
     udp_down = frozenset(json.loads(down)) if down is not None else frozenset()
-    return StoredView(amp, status, lb_id, view, udp_down, ip)
+    state = None if seq is None else (int(boot), int(seq), int(seen))
+    return StoredView(amp, status, lb_id, view, udp_down, ip, state)
 
 
 def _import_driver(name: str | None) -> tuple[str, Any]:
@@ -283,6 +316,10 @@ class MySQLStore(SQLStore):
     """
 
     _IDS = "IN ?"
+    # MySQL has no ON CONFLICT: a duplicate key inserts nothing, rowcount 0.
+    _SEQ_INSERT_STATEMENT = (
+        "INSERT IGNORE INTO amphora_heartbeat_seq (amphora_id, boot, seq, seen) VALUES (?, ?, ?, ?)"
+    )
     #: How many times a transaction that lost a deadlock (or a Galera
     #: certification, or a lock wait) is run again before giving up.
     deadlock_retries = 3
@@ -337,6 +374,9 @@ class MySQLStore(SQLStore):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if code == 0 or code >= _CLIENT_ERRORS or isinstance(exc, self._driver.InterfaceError):
             self._drop()
+        if isinstance(exc, (self._driver.DataError, self._driver.IntegrityError)):
+            # The data (1406 too long, 1048 NULL, 1690 out of range...): not retried.
+            return StoreDataError(f"MySQL refused the data: {exc}")
         return StoreError(f"MySQL: {exc}")
 
     def _drop(self) -> None:
@@ -405,13 +445,14 @@ class MySQLStore(SQLStore):
             rows = cur.fetchall()
         return {row[0]: _view(row) for row in rows}
 
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
         # DATETIME keeps whole seconds: round up, so that the stored time is
         # never earlier than the heartbeat and the silence measured from it is
         # never longer than the real one (a failover may come up to 1 s late,
         # never early).  The drivers send executemany() as one multi-row INSERT.
         params = [(a, self._time(math.ceil(t)), False) for a, t in health]
-        cur.executemany(_HEALTH_UPSERT, params)
+        when = ahead.strftime("%Y-%m-%d %H:%M:%S")
+        cur.executemany(_HEALTH_UPSERT.replace("{ahead}", when), params)
         return len(params)
 
     def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
@@ -428,28 +469,37 @@ class MySQLStore(SQLStore):
         """
         return self._retrying(lambda: super(MySQLStore, self).write_tick(write))
 
-    def claim_failovers(self, amphora_ids: Collection[str], cutoff: float) -> list[str]:
+    def claim_failovers(
+        self,
+        amphora_ids: Collection[str],
+        cutoff: float,
+        *,
+        now: float,
+        lease_cutoff: float | None = None,
+    ) -> list[str]:
         """Mark busy each of ``amphora_ids`` that is still a candidate; return those marked.
 
-        As :meth:`SQLStore.claim_failovers`, in three statements of one
-        transaction: the candidates, their health rows locked (rows another
-        manager holds are skipped) and checked again, then marked busy.
+        As :meth:`SQLStore.claim_failovers` (a lease stamped ``now``), in three
+        statements of one transaction: the candidates, their health rows locked
+        (rows another manager holds are skipped) and checked again, then marked.
         """
         if not amphora_ids:
             return []
         ids = tuple(sorted(amphora_ids))
-        return self._retrying(lambda: self._claim(ids, self._time(cutoff)))
+        lease = 0.0 if lease_cutoff is None else min(lease_cutoff, cutoff)
+        times = (self._time(cutoff), self._time(lease))
+        return self._retrying(lambda: self._claim(ids, times, self._time(now)))
 
-    def _claim(self, ids: tuple[str, ...], cutoff: Any) -> list[str]:
+    def _claim(self, ids: tuple[str, ...], times: tuple[Any, Any], now: Any) -> list[str]:
         with self._transaction() as cur:
-            cur.execute(_CANDIDATES, (ids, cutoff))
+            cur.execute(_CANDIDATES, (ids, *times))
             candidates = tuple(sorted(row[0] for row in cur.fetchall()))
             if not candidates:
                 return []
-            cur.execute(_LOCK_CANDIDATES, (candidates, cutoff))
+            cur.execute(_LOCK_CANDIDATES, (candidates, *times))
             claimed = [row[0] for row in cur.fetchall()]
             if claimed:
-                cur.execute(_MARK_BUSY, (tuple(claimed),))
+                cur.execute(_MARK_BUSY, (now, tuple(claimed)))
             return sorted(claimed)
 
     def stop_failovers(self, amphora_ids: Collection[str], now: float) -> int:

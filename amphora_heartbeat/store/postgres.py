@@ -22,6 +22,8 @@ from .base import (
     STATS_REPLACE,
     SQLStore,
     StatsUpsert,
+    StoreConflict,
+    StoreDataError,
     StoredView,
     StoreError,
     TickWrite,
@@ -36,7 +38,8 @@ log = logging.getLogger("amphora_heartbeat.store")
 # parsed by psycopg in C, instead of a row per member folded in Python.  Same
 # tables, same rules (live rows only; UDP listeners down as in _build_views).
 _PG_VIEW_SQL = (
-    "SELECT a.id, a.status, lb.id, a.lb_network_ip, json_strip_nulls(json_build_object("
+    "SELECT a.id, a.status, lb.id, a.lb_network_ip, s.boot, s.seq, s.seen,"
+    " json_strip_nulls(json_build_object("
     "'id', lb.id, 'enabled', lb.enabled, 'provisioning_status', lb.provisioning_status,"
     " 'operating_status', lb.operating_status,"
     " 'listeners', (SELECT json_object_agg(l.id, json_build_object("
@@ -55,7 +58,22 @@ _PG_VIEW_SQL = (
     # index lookup per id whatever the planner's statistics say.
     " FROM unnest(%s::varchar[]) AS ids (id) JOIN amphora a ON a.id = ids.id"
     " JOIN load_balancer lb ON lb.id = a.load_balancer_id"
+    " LEFT JOIN amphora_heartbeat_seq s ON s.amphora_id = a.id"
     f" WHERE {LIVE}"
+)
+
+
+_PG_SEQ_INSERT = (
+    "INSERT INTO amphora_heartbeat_seq (amphora_id, boot, seq, seen)"
+    " SELECT r->>0, (r->>1)::bigint, (r->>2)::bigint, (r->>3)::bigint"
+    " FROM json_array_elements(%s::json) AS r"
+    " ON CONFLICT (amphora_id) DO NOTHING RETURNING amphora_id"
+)
+_PG_SEQ_UPDATE = (
+    "UPDATE amphora_heartbeat_seq s SET boot = (r->>1)::bigint, seq = (r->>2)::bigint,"
+    " seen = (r->>3)::bigint FROM json_array_elements(%s::json) AS r"
+    " WHERE s.amphora_id = r->>0 AND s.boot = (r->>4)::bigint AND s.seq = (r->>5)::bigint"
+    " AND s.seen = (r->>6)::bigint RETURNING s.amphora_id"
 )
 
 
@@ -128,6 +146,9 @@ class PostgresStore(SQLStore):
             with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
+        if isinstance(exc, (self._psycopg.DataError, self._psycopg.IntegrityError)):
+            # The data, not the server: the same write would fail again.
+            return StoreDataError(f"PostgreSQL refused the data: {exc}".strip())
         return StoreError(f"PostgreSQL: {exc}".strip())
 
     @contextlib.contextmanager
@@ -149,7 +170,7 @@ class PostgresStore(SQLStore):
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
-    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]]) -> int:
+    def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
         # One statement over a JSON array rather than a statement per row (psycopg
         # dumps a JSON text far faster than arrays); rows are taken in (sorted)
         # array order.  to_timestamp(...) AT TIME ZONE 'UTC' is naive UTC.
@@ -158,10 +179,30 @@ class PostgresStore(SQLStore):
                 "VALUES (?, ?, ?)",
                 "SELECT r->>0, to_timestamp((r->>1)::float8) AT TIME ZONE 'UTC', false"
                 " FROM json_array_elements(%s::json) AS r",
-            ),
-            (json.dumps(health),),
+            ).replace("?", "%s"),
+            (json.dumps(health), ahead, ahead),
         )
         return len(health)
+
+    def _write_seqs(
+        self,
+        cur: Any,
+        seqs: Sequence[tuple[str, tuple[tuple[int, int, int] | None, tuple[int, int, int]]]],
+    ) -> int:
+        # Two statements over JSON arrays, each returning the rows it matched: a
+        # row short means another manager moved a state meanwhile.
+        new = [[a, *n] for a, (o, n) in seqs if o is None]
+        moved = [[a, *n, *o] for a, (o, n) in seqs if o is not None]
+        matched = 0
+        if new:
+            cur.execute(_PG_SEQ_INSERT, (json.dumps(new),))
+            matched += len(cur.fetchall())
+        if moved:
+            cur.execute(_PG_SEQ_UPDATE, (json.dumps(moved),))
+            matched += len(cur.fetchall())
+        if matched != len(seqs):
+            raise StoreConflict("a sequence state changed meanwhile")
+        return len(seqs)
 
     def _write_stats(self, cur: Any, upserts: Sequence[StatsUpsert]) -> int:
         for add, rows in stats_rows(upserts):
@@ -184,8 +225,16 @@ class PostgresStore(SQLStore):
             cur.execute(_PG_VIEW_SQL, (list(dict.fromkeys(amphora_ids)),))
             rows = cur.fetchall()
         return {
-            amp: StoredView(amp, status, lb_id, view, frozenset(down or ()), ip)
-            for amp, status, lb_id, ip, view, down in rows
+            amp: StoredView(
+                amp,
+                status,
+                lb_id,
+                view,
+                frozenset(down or ()),
+                ip,
+                None if seq is None else (boot, seq, seen),
+            )
+            for amp, status, lb_id, ip, boot, seq, seen, view, down in rows
         }
 
     def write_tick(self, write: TickWrite) -> int:

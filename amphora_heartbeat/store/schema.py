@@ -39,7 +39,9 @@ ELIGIBLE_AMPHORA_STATUSES = ("ALLOCATED", "FAILOVER_STOPPED")
 #: load balancer to PENDING_UPDATE only from these).
 FAILOVER_LB_STATUSES = ("ACTIVE", "ERROR")
 
-#: The tables :meth:`Store.create_schema` makes, in creation order.
+#: The tables :meth:`Store.create_schema` makes, in creation order: Octavia's,
+#: then this project's own ``amphora_heartbeat_seq`` (the replay guard's state,
+#: see :mod:`amphora_heartbeat.manager.replay`), made on an Octavia database too.
 TABLES = (
     "operating_status",
     "provisioning_status",
@@ -50,6 +52,7 @@ TABLES = (
     "amphora",
     "amphora_health",
     "listener_statistics",
+    "amphora_heartbeat_seq",
 )
 
 # No column has a server default, as in Octavia's schema: what works here works
@@ -124,6 +127,15 @@ DDL: dict[str, tuple[str, ...]] = {
         " total_connections BIGINT NOT NULL,"
         " request_errors BIGINT NOT NULL,"
         " PRIMARY KEY (listener_id, amphora_id))",
+    ),
+    # Not Octavia's: per amphora, the agent's boot time (0: unknown), the highest
+    # sequence number whose statistics were counted and the mask of the ones below.
+    "amphora_heartbeat_seq": (
+        "CREATE TABLE amphora_heartbeat_seq ("
+        " amphora_id VARCHAR(36) NOT NULL PRIMARY KEY,"
+        " boot BIGINT NOT NULL,"
+        " seq BIGINT NOT NULL,"
+        " seen BIGINT NOT NULL)",
     ),
 }
 
