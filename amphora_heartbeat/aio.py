@@ -68,12 +68,15 @@ class _Protocol(asyncio.DatagramProtocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Hand one datagram to the server's receive path."""
         self.server._receive(self.binding, data, addr)
 
     def error_received(self, exc: Exception) -> None:
+        """Log a socket error (an ICMP error, say) at DEBUG: receiving goes on."""
         logger.debug("heartbeat socket error: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Mark the transport closed."""
         if not self.closed.done():
             self.closed.set_result(None)
 

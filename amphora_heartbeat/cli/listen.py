@@ -58,6 +58,7 @@ class _ListenGetter(UDPStatusGetter):
     source: Any = ("", 0)
 
     def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
+        """Print the rejection (text or JSON) instead of logging it."""
         if self.as_json:
             line = json.dumps(
                 {

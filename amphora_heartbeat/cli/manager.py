@@ -284,6 +284,7 @@ class _Reporting(HealthManager):
     status_as_log = False
 
     def step(self, now: float) -> TickReport:
+        """Do one tick, then print (or log) the status line when it is due."""
         report = super().step(now)
         if self.status is not None and self.status.due(now):
             for line in self.status.lines(self.counters, now):
