@@ -19,6 +19,7 @@ from typing import Any
 from ..envelope import KeyRing
 from ..options import (
     OptionError,
+    format_address,
     parse_address,
     parse_count,
     parse_database_url,
@@ -42,6 +43,7 @@ __all__ = [
     "load_key",
     "open_database",
     "seconds",
+    "serving_metrics",
     "signing_key",
     "stop_on_signals",
 ]
@@ -219,3 +221,32 @@ def stop_on_signals(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def serving_metrics(
+    metrics: tuple[str, int] | None, make_collector: Callable[[], Any]
+) -> Iterator[None]:
+    """Serve the collector ``make_collector()`` returns at ``http://IP:PORT/metrics``.
+
+    Only while in the block, and only if ``metrics`` (IP, port) is given; prints
+    the address it serves.  ``make_collector`` is called after the optional
+    extra is imported, so it may import it too.
+    """
+    if not metrics:
+        yield
+        return
+    from ..manager.metrics import serve_collector  # noqa: PLC0415 - an optional extra
+
+    host, port = metrics
+    try:
+        server, _ = serve_collector(make_collector(), host, port)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    name = server.server_address
+    print(f"metrics on http://{format_address((str(name[0]), int(name[1])))}/metrics", flush=True)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()

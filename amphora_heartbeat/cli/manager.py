@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ..getter import UDPStatusGetter
 from ..manager import (
@@ -41,6 +42,7 @@ from .common import (
     load_key,
     open_database,
     seconds,
+    serving_metrics,
 )
 from .logs import LEVELS, configure_logging
 from .status import StatusLine, add_status_options
@@ -347,7 +349,10 @@ def _run(
     )
     reloader = Reloader(lambda: build_config(args), config, manager, getter)
     try:
-        with _serving(manager, metrics), _notifying(manager, reloader.request) as notifier:
+        with (
+            serving_metrics(metrics, lambda: _manager_collector(manager)),
+            _notifying(manager, reloader.request) as notifier,
+        ):
             host, bound = getter.address
             print(f"listening on {host}:{bound}", flush=True)
             notifier.ready(status_line(manager.counters, manager.clock()))
@@ -377,26 +382,10 @@ def _reloading(reloader: Reloader, notifier: Notifier) -> Callable[[float], None
     return every_tick
 
 
-@contextmanager
-def _serving(manager: HealthManager, metrics: tuple[str, int] | None) -> Iterator[None]:
-    """Serve ``manager``'s metrics over HTTP while in the block, if asked to."""
-    if not metrics:
-        yield
-        return
-    from ..manager.metrics import serve_metrics  # noqa: PLC0415 - an optional extra
+def _manager_collector(manager: HealthManager) -> Any:
+    from ..manager.metrics import ManagerCollector  # noqa: PLC0415 - an optional extra
 
-    host, port = metrics
-    try:
-        server, _ = serve_metrics(manager, host, port)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc}") from None
-    name = server.server_address
-    print(f"metrics on http://{format_address(name)}/metrics", flush=True)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
+    return ManagerCollector(manager)
 
 
 @contextmanager

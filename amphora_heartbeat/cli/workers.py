@@ -14,6 +14,7 @@ from typing import Any
 from ..manager.supervisor import Supervisor, reserve_port
 from ..manager.systemd import Notifier, WatchdogRelay
 from ..options import format_address
+from .common import serving_metrics
 
 __all__ = ["supervise"]
 
@@ -47,7 +48,10 @@ def supervise(
             print(_mark(i, line), file=sys.stderr if err else sys.stdout, flush=True)
 
         supervisor = Supervisor(argv, args.workers, on_line=on_line)
-        with _relaying(notifier, supervisor), _serving(metrics, urls, supervisor):
+        with (
+            _relaying(notifier, supervisor),
+            serving_metrics(metrics, lambda: _workers_collector(urls, supervisor)),
+        ):
             total = _run(supervisor, notifier, reserved, f"{host}:{bound}")
     print(json.dumps(total, sort_keys=True), flush=True)
     return 0
@@ -119,28 +123,10 @@ def _pids(supervisor: Supervisor) -> Callable[[], set[int]]:
     return pids
 
 
-@contextlib.contextmanager
-def _serving(
-    metrics: tuple[str, int] | None, urls: dict[int, str], supervisor: Supervisor
-) -> Iterator[None]:
-    """Serve the workers' metrics added up, if asked to."""
-    if not metrics:
-        yield
-        return
-    from ..manager.metrics import WorkersCollector, serve_collector  # noqa: PLC0415 - extra
+def _workers_collector(urls: dict[int, str], supervisor: Supervisor) -> Any:
+    """Return a collector adding up the workers' metrics (the optional extra)."""
+    from ..manager.metrics import WorkersCollector  # noqa: PLC0415 - an optional extra
 
-    host, port = metrics
-    collector = WorkersCollector(
+    return WorkersCollector(
         urls, lambda: {"workers": len(supervisor.workers), "worker_restarts": supervisor.restarts}
     )
-    try:
-        server, _ = serve_collector(collector, host, port)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc}") from None
-    name = server.server_address
-    print(f"metrics on http://{format_address((str(name[0]), int(name[1])))}/metrics", flush=True)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
