@@ -255,7 +255,7 @@ def test_a_write_on_a_state_another_manager_moved_is_judged_again(store: AnyStor
     a.submit(_bytes_in(amp, 3, 2))
     a.step(T0 + 5)
     stale_read = {amp.amphora_id: views[amp.amphora_id]}
-    b._writer.store = _StaleOnce(store, stale_read)  # type: ignore[assignment]
+    b._ticker.writer.store = _StaleOnce(store, stale_read)  # type: ignore[assignment]
     b.submit(_bytes_in(amp, 3, 2))
     b.step(T0 + 5)
     assert store.read_statistics()[key].bytes_in == 6

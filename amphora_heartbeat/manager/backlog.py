@@ -21,6 +21,7 @@ import collections
 import itertools
 import logging
 import select
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ..errors import HeartbeatError
 from ..models import Heartbeat
 from .judge import Entry, items
 
-__all__ = ["Backlog", "drain", "receive_forever"]
+__all__ = ["Backlog", "Receiver", "drain", "receive_forever"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
@@ -171,3 +172,24 @@ def receive_forever(getter: Any, backlog: Backlog, stopping: Callable[[], bool])
             time.sleep(0.1)
             continue
         append(heartbeat, source)
+
+
+class Receiver:
+    """A daemon thread running :func:`receive_forever`, started at once."""
+
+    def __init__(self, getter: Any, backlog: Backlog, stopping: Callable[[], bool]) -> None:
+        """Receive from ``getter`` into ``backlog`` until ``stopping()``."""
+        timeout = getattr(getter, "timeout", None)
+        # The thread sees stopping() at the latest when dorecv() times out.
+        self._join_timeout = None if timeout is None else timeout + 1.0
+        self._thread = threading.Thread(
+            target=receive_forever,
+            args=(getter, backlog, stopping),
+            name="amphora-heartbeat-receiver",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the thread to end (at most the getter's timeout and a second)."""
+        self._thread.join(self._join_timeout)

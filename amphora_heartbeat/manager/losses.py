@@ -14,9 +14,17 @@ import logging
 import os
 from collections.abc import Collection, Sequence
 
-__all__ = ["GateHolds", "LossWatch", "socket_drops"]
+__all__ = ["GateHolds", "LossWatch", "getter_fd", "socket_drops"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
+
+
+def getter_fd(getter: object) -> int | None:
+    """Return the getter's socket, to read the kernel's drops on it (None: not a socket)."""
+    try:
+        return int(getter.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def socket_drops(fd: int) -> tuple[int, int] | None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import select
 import signal
 import socket
 import subprocess
@@ -29,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
+
+from .wake import WakePipe
 
 __all__ = ["Supervisor", "reserve_port", "sum_counters"]
 
@@ -124,9 +124,7 @@ class Supervisor:
         #: Workers started again after they died.
         self.restarts = 0
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake = WakePipe()
         self._finished: list[dict[str, float]] = []
 
     def start(self, timeout: float = 30.0) -> bool:
@@ -142,7 +140,7 @@ class Supervisor:
                 return True
             if any(w.proc is not None and w.proc.poll() is not None for w in self.workers):
                 return False
-            select.select([self._wake_r], [], [], 0.05)
+            self._wake.wait(0.05)
         return False
 
     def _spawn(self, worker: _Worker) -> None:
@@ -182,8 +180,7 @@ class Supervisor:
                     worker.counters = json.loads(line)
             elif self.on_line is not None:
                 self.on_line(worker.index, line, False)
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._wake.wake()
 
     def _read_errors(self, index: int, stream: IO[str]) -> None:
         """Hand each line of one worker's stderr to ``on_line`` (a reader thread's body)."""
@@ -194,9 +191,7 @@ class Supervisor:
     def run(self) -> dict[str, float]:
         """Watch the workers until :meth:`stop`; return their counters added up."""
         while not self._stopping:
-            select.select([self._wake_r], [], [], 0.5)
-            with contextlib.suppress(OSError):
-                os.read(self._wake_r, 512)
+            self._wake.wait(0.5)
             self._tend(time.monotonic())
         return self._stop_all()
 
@@ -236,8 +231,7 @@ class Supervisor:
     def stop(self) -> None:
         """Ask :meth:`run` to stop the workers and return; safe from a signal handler."""
         self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._wake.wake()
 
     def _stop_all(self, timeout: float = 60.0) -> dict[str, float]:
         self.signal_all(signal.SIGTERM)
@@ -261,6 +255,4 @@ class Supervisor:
 
     def close(self) -> None:
         """Release the wake-up pipe."""
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._wake.close()
