@@ -33,7 +33,7 @@ from ..stats import fold
 from ..store import StatsUpsert, StoredView, TickWrite
 from .replay import SeqState, admit
 
-__all__ = ["Entry", "Judgement", "ViewCache", "items", "judge", "same_address"]
+__all__ = ["VIEW_CACHE_SIZE", "Entry", "Judgement", "ViewCache", "items", "judge", "same_address"]
 
 #: A received heartbeat, the address it came from (None: not known), and its size
 #: in items (see :func:`items`).
@@ -54,14 +54,19 @@ def items(heartbeat: Heartbeat) -> int:
 
 _members = operator.attrgetter("members")
 
-# Views kept between ticks (by load balancer id); cleared when this many.
-_VIEW_CACHE_SIZE = 200_000
+#: Views kept between ticks (by load balancer id); all are forgotten when this
+#: many.  A kept view of the benchmarks' load balancer (2 listeners, 2 pools of 4
+#: members) holds about 4.5 KB (the stored mapping it was built from and the
+#: rules' view); building one costs about 8.5 µs, comparing about 0.4 µs.  So the
+#: cache stays under about 90 MB whatever the fleet's size; a fleet larger than it
+#: rebuilds every view (the cache only saves CPU, it never changes a result).
+VIEW_CACHE_SIZE = 20_000
 
 
 class ViewCache:
     """The rules' views built in earlier ticks, reused while the database says the same."""
 
-    def __init__(self, size: int = _VIEW_CACHE_SIZE) -> None:
+    def __init__(self, size: int = VIEW_CACHE_SIZE) -> None:
         """Keep at most ``size`` views (all are forgotten when it is reached)."""
         self.size = size
         self._views: dict[str, tuple[Mapping[str, Any], frozenset[str], LoadBalancerView]] = {}
