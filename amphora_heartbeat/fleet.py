@@ -16,7 +16,9 @@ Two ways to make packets, chosen by the rate:
   clock starts, and the sender only cycles through them; ``seq`` wraps back by
   ``variants`` after each turn (as if the agent restarted).  Sending then costs
   one ``sendto`` per packet, so the sender is not the bottleneck of a
-  receiver benchmark.
+  receiver benchmark.  Unless told, :func:`plan_variants` chooses ``variants``
+  so that a large fleet's packets fit :data:`PREBUILD_BUDGET`, and no more are
+  built than the run sends.
 
 The fleet's ids come from :func:`amphora_heartbeat.testing.make_fleet` with the
 same ``seed`` and sizes, so a controller's test can build matching views.
@@ -45,17 +47,25 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_VARIANTS",
     "FRESH_MAX_RATE",
+    "PREBUILD_BUDGET",
     "Fleet",
     "FleetProgress",
     "FleetSummary",
+    "plan_variants",
     "run_fleet",
 ]
 
 #: Seconds between two heartbeats of one amphora when neither rate nor interval
 #: is given (Octavia's ``heartbeat_interval`` default).
 DEFAULT_INTERVAL = 10.0
-#: Pre-built packets per amphora (consecutive ``seq`` values) in pre-built mode.
+#: Most pre-built packets per amphora (consecutive ``seq`` values) that
+#: :func:`plan_variants` chooses in pre-built mode.
 DEFAULT_VARIANTS = 8
+#: Most pre-built packets in all that :func:`plan_variants` chooses.  A standard
+#: packet (hex/zlib) takes about 620 bytes in memory and 50-75 µs to build here,
+#: so this bounds the rings to about 240 MiB and their building to 20-30 s;
+#: 100,000 amphorae get 4 packets each.
+PREBUILD_BUDGET = 400_000
 #: Highest rate, in packets per second, at which packets are built at send time
 #: by default.  Building and signing one standard packet costs 30-70 µs here
 #: (zlib at level 9 is most of it), so this keeps the sender's own work under a
@@ -72,6 +82,35 @@ _MIN_SLEEP = 0.001
 _MAX_SLEEP = 0.1
 # At unbounded rate, look at the clock once per this many packets.
 _CHECK_EVERY = 256
+
+
+def plan_variants(
+    amphorae: int,
+    *,
+    rate: float | None = None,
+    duration: float | None = None,
+    count: int | None = None,
+    budget: int = PREBUILD_BUDGET,
+) -> int:
+    """Return how many packets to pre-build per amphora for a run.
+
+    At most :data:`DEFAULT_VARIANTS`; at most ``budget`` packets in all; no
+    more than the run sends per amphora, spread evenly (``rate`` packets per
+    second for ``duration`` seconds, or ``count`` packets, whichever is fewer;
+    unbounded when neither bounds it), so that ``seq`` need not wrap; and at
+    least 1.
+    """
+    if amphorae < 1:
+        raise ValueError("a fleet needs at least one amphora")
+    if budget < 1:
+        raise ValueError("budget must be at least 1")
+    variants = min(DEFAULT_VARIANTS, budget // amphorae)
+    total = math.inf if count is None else count
+    if rate is not None and duration is not None:
+        total = min(total, rate * duration)
+    if math.isfinite(total):
+        variants = min(variants, math.ceil(total / amphorae))
+    return max(variants, 1)
 
 
 def _resolve(target: str) -> tuple[int, tuple[Any, ...]]:
@@ -241,12 +280,13 @@ class Fleet:
         count: int | None = None,
         silent_after: float | None = None,
         prebuilt: bool | None = None,
-        variants: int = DEFAULT_VARIANTS,
+        variants: int | None = None,
         rings: list[list[bytes]] | None = None,
         sources: int = 1,
         progress: Callable[[FleetProgress], None] | None = None,
         progress_interval: float = 1.0,
         stop: threading.Event | None = None,
+        ready: Callable[[], object] | None = None,
     ) -> FleetSummary:
         """Send this fleet's heartbeats; the options are those of :func:`run_fleet`.
 
@@ -261,7 +301,7 @@ class Fleet:
             raise ValueError("interval must be positive")
         if rate is not None and not rate > 0:
             raise ValueError("rate must be positive")
-        if variants < 1:
+        if variants is not None and variants < 1:
             raise ValueError("variants must be at least 1")
         if sources < 1:
             raise ValueError("sources must be at least 1")
@@ -274,7 +314,15 @@ class Fleet:
         if rings is None:
             if prebuilt is None:
                 prebuilt = first_rate > FRESH_MAX_RATE
-            rings = self.build(variants) if prebuilt else []
+            if prebuilt:
+                if variants is None:
+                    amphorae = len(self.specs)
+                    variants = plan_variants(
+                        amphorae, rate=first_rate, duration=duration, count=count
+                    )
+                rings = self.build(variants)
+            else:
+                rings = []
         build_seconds = time.monotonic() - started
         sockets: dict[tuple[int, int], socket.socket] = {}
         try:
@@ -293,6 +341,8 @@ class Fleet:
                 progress_interval=progress_interval,
                 stop=stop,
             )
+            if ready is not None:
+                ready()
             sender.loop(duration=duration, count=count)
         finally:
             for sock in sockets.values():
@@ -332,11 +382,12 @@ def run_fleet(
     flapping: float = 0.1,
     seed: int = 0,
     prebuilt: bool | None = None,
-    variants: int = DEFAULT_VARIANTS,
+    variants: int | None = None,
     sources: int = 1,
     progress: Callable[[FleetProgress], None] | None = None,
     progress_interval: float = 1.0,
     stop: threading.Event | None = None,
+    ready: Callable[[], object] | None = None,
 ) -> FleetSummary:
     """Send heartbeats from a simulated fleet until the duration, count or stop is reached.
 
@@ -357,13 +408,17 @@ def run_fleet(
     :param flapping: fraction of amphorae with one member flapping ``UP``/``DOWN``.
     :param prebuilt: pre-build packets (True), build each at send time (False),
         or choose by the rate (None: pre-built above :data:`FRESH_MAX_RATE`).
-    :param variants: pre-built packets per amphora.
+    :param variants: pre-built packets per amphora (None: as
+        :func:`plan_variants` plans them for this run).
     :param sources: sockets to send from; amphora ``i`` always sends from socket
         ``i % sources``, so a receiver that spreads datagrams by source port
         (``SO_REUSEPORT``) sees each amphora on one socket, as it sees real
         amphorae (each its own address).
     :param progress: called about every ``progress_interval`` seconds.
     :param stop: set it (from a signal handler or another thread) to end the run.
+    :param ready: called once, with no argument, when the packets are built and
+        the sockets open, just before the clock starts and the first packet goes
+        out (so that a caller can start measuring then).
     :returns: what was sent.
     """
     fleet = Fleet(
@@ -392,6 +447,7 @@ def run_fleet(
         progress=progress,
         progress_interval=progress_interval,
         stop=stop,
+        ready=ready,
     )
 
 

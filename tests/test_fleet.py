@@ -20,7 +20,14 @@ import pytest
 
 from amphora_heartbeat.cli.fleet import _per_second, add_arguments
 from amphora_heartbeat.envelope import Codec, Digest, Unwrapper
-from amphora_heartbeat.fleet import Fleet, FleetProgress, run_fleet
+from amphora_heartbeat.fleet import (
+    DEFAULT_VARIANTS,
+    PREBUILD_BUDGET,
+    Fleet,
+    FleetProgress,
+    plan_variants,
+    run_fleet,
+)
 from amphora_heartbeat.models import Heartbeat, MemberKind
 from amphora_heartbeat.testing import make_fleet
 
@@ -212,6 +219,77 @@ def test_high_rate_chooses_prebuilt(receivers: list[Receiver]) -> None:
     assert summary.build_seconds > 0
 
 
+def test_planned_variants_are_at_most_the_default_per_amphora() -> None:
+    """A small fleet with no bound on its run gets the default ring, not more."""
+    assert plan_variants(1) == DEFAULT_VARIANTS
+    assert plan_variants(10, rate=1000, duration=3600) == DEFAULT_VARIANTS
+
+
+def test_planned_variants_stay_within_the_budget() -> None:
+    """A large fleet gets fewer packets each, so that all of them fit the budget."""
+    assert plan_variants(100_000) == PREBUILD_BUDGET // 100_000 == 4
+    assert plan_variants(10, budget=25) == 2
+    assert plan_variants(10, budget=25, rate=1000, duration=3600) == 2
+
+
+def test_planned_variants_are_no_more_than_the_run_sends() -> None:
+    """No packet is built that the run will not send: rate times duration, or count."""
+    assert plan_variants(100, rate=100, duration=2.5) == 3  # 250 packets over 100 amphorae
+    assert plan_variants(100, count=300) == 3
+    assert plan_variants(100, count=300, rate=100, duration=1) == 1
+    assert plan_variants(100, rate=math.inf, duration=1) == DEFAULT_VARIANTS
+
+
+def test_planned_variants_are_at_least_one() -> None:
+    """However large the fleet or short the run, each amphora gets one packet."""
+    assert plan_variants(PREBUILD_BUDGET + 1) == 1
+    assert plan_variants(100, count=0) == 1
+    with pytest.raises(ValueError, match="amphora"):
+        plan_variants(0)
+    with pytest.raises(ValueError, match="budget"):
+        plan_variants(1, budget=0)
+
+
+def test_prebuilt_run_plans_its_variants(receivers: list[Receiver]) -> None:
+    """Without `variants` a pre-built run builds what it will send, so `seq` does not wrap."""
+    rx = receivers[0]
+    summary = run_fleet([rx.target], KEY, amphorae=2, rate=math.inf, count=6, prebuilt=True)
+    assert summary.variants == 3
+    unwrapper = Unwrapper(KEY)
+    seqs = [unwrapper.unwrap(p)["seq"] for p in rx.wait_for(6)]
+    assert sorted(seqs) == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("prebuilt", [True, False])
+def test_ready_is_called_once_before_the_first_packet(prebuilt: bool) -> None:
+    """`ready` comes once, after the packets are built and before any is sent."""
+    events: list[object] = []
+
+    class Recording(Fleet):
+        def build(self, variants: int) -> list[list[bytes]]:
+            events.append("built")
+            return super().build(variants)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+
+        def ready() -> None:
+            # Loopback delivers within sendto: a packet sent already would be queued here.
+            try:
+                rx.recv(65536)
+            except BlockingIOError:
+                events.append("ready, nothing sent")
+            else:
+                events.append("ready after a packet")
+
+        target = f"127.0.0.1:{rx.getsockname()[1]}"
+        fleet = Recording(3, KEY)
+        summary = fleet.run([target], rate=1000, count=9, prebuilt=prebuilt, ready=ready)
+    assert events == [*(["built"] if prebuilt else []), "ready, nothing sent"]
+    assert summary.sent == 9
+
+
 def test_duration_and_stop_end_the_run(receivers: list[Receiver]) -> None:
     """A duration ends a slow run on time, and a set stop event ends it at once."""
     target = receivers[0].target
@@ -312,6 +390,7 @@ def test_add_arguments_parses_the_issue_options() -> None:
     assert math.isinf(args.rate)
     assert args.key == ["a", "b"]
     assert (args.listeners, args.pools, args.members, args.codec) == (1, 3, 2, "zstd")
+    assert args.variants is None  # planned by run_fleet
     with pytest.raises(SystemExit):
         parser.parse_args(
             ["--to", "127.0.0.1:1", "--amphorae", "1", "--rate", "1", "--interval", "1"]

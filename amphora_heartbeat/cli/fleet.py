@@ -15,6 +15,7 @@ from ..fleet import (
     DEFAULT_INTERVAL,
     DEFAULT_VARIANTS,
     FRESH_MAX_RATE,
+    PREBUILD_BUDGET,
     FleetProgress,
     FleetSummary,
     run_fleet,
@@ -140,7 +141,13 @@ def _add_packets(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--fresh", dest="prebuilt", action="store_false", help="build each packet at send time"
     )
-    _add(parser, "--variants", count, DEFAULT_VARIANTS, "pre-built packets per amphora")
+    parser.add_argument(
+        "--variants",
+        type=count,
+        metavar="N",
+        help=f"pre-built packets per amphora; default at most {DEFAULT_VARIANTS}, at most"
+        f" {PREBUILD_BUDGET:,} in all, and no more than the run sends",
+    )
 
 
 def _per_second(rate: float) -> str:

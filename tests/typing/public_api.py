@@ -39,6 +39,7 @@ from amphora_heartbeat import (
 from amphora_heartbeat.aio import DEFAULT_MAX_QUEUED_BYTES, estimated_size
 from amphora_heartbeat.envelope import DEFAULT_MAX_DECOMPRESSED, Unwrapped
 from amphora_heartbeat.errors import REASONS, BadIdError, MalformedError
+from amphora_heartbeat.fleet import PREBUILD_BUDGET, plan_variants
 from amphora_heartbeat.getter import normalize_host
 from amphora_heartbeat.logs import RateLimitedLogger
 from amphora_heartbeat.manager import (
@@ -141,6 +142,8 @@ assert_type(fleet[0].view(), dict[str, Any])
 assert_type(build_message(version=2), dict[str, Any])
 assert_type(build_heartbeat(version=0, recv_time=1.0), Heartbeat)
 assert_type(build_envelope(key="k", codec=Codec.ZSTD), bytes)
+assert_type(plan_variants(100_000, rate=2000.0, duration=30.0, budget=PREBUILD_BUDGET), int)
+plan_variants(10, 2000.0)  # type: ignore[call-arg]
 
 # --- receiving, sending, judging -----------------------------------------------------
 
