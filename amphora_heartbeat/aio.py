@@ -185,7 +185,7 @@ class Server:
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
-                    self._getter._handler_errors += 1
+                    self._getter._log.handler_errors += 1
                     name = getattr(handler, "__name__", "handler")
                     self._log.error(
                         "handler_errors." + str(name),

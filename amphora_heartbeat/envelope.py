@@ -19,7 +19,7 @@ import json
 import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import zstandard
@@ -32,9 +32,7 @@ from .errors import (
     TooLargeError,
     TooShortError,
 )
-
-if TYPE_CHECKING:
-    from .models import Heartbeat
+from .models import Heartbeat
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED",
@@ -167,8 +165,6 @@ def wrap_envelope(
     writes with its defaults, so with :attr:`Codec.ZLIB` the bytes equal those
     Octavia's amphora agent sends for the same message.
     """
-    from .models import Heartbeat  # noqa: PLC0415  (models imports this module)
-
     if isinstance(obj, Heartbeat):
         message: Mapping[str, Any] = obj.to_dict()
     elif isinstance(obj, dict):

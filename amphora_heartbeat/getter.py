@@ -121,6 +121,134 @@ def _wake_address(address: tuple[str, int]) -> tuple[str, int]:
     return (host, address[1])
 
 
+class _Sockets:
+    """How a getter binds its sockets, and how it wakes the reader of one it lets go.
+
+    Used by :meth:`UDPStatusGetter.update` and :meth:`UDPStatusGetter.close` only:
+    nothing here is on the receive path.
+    """
+
+    __slots__ = ("max_decompressed", "rcvbuf", "reuse_port", "timeout")
+
+    def __init__(
+        self, timeout: float | None, rcvbuf: int | None, reuse_port: bool, max_decompressed: int
+    ) -> None:
+        self.timeout = timeout
+        self.rcvbuf = rcvbuf
+        self.reuse_port = reuse_port
+        self.max_decompressed = max_decompressed
+
+    def bind(self, key: KeyRing, ip: str, port: int) -> _Binding:
+        """Return a new binding: ``key``'s unwrapper and a socket bound to ip:port."""
+        return self._bound(Unwrapper(key, max_decompressed=self.max_decompressed), ip, port)
+
+    def rebind(
+        self, old: _Binding, key: KeyRing | None, ip: str | None, port: int | None
+    ) -> _Binding:
+        """Return the binding an update asks for, binding a new socket if it needs one."""
+        if key is None:
+            unwrapper = old.unwrapper
+        else:
+            unwrapper = Unwrapper(key, max_decompressed=self.max_decompressed)
+        ip = old.address[0] if ip is None else ip
+        port = old.address[1] if port is None else port
+        if port != 0 and tuple(_resolve(ip, port)[1][:2]) == old.address:
+            return _Binding(old.sock, unwrapper, old.address)
+        return self._bound(unwrapper, ip, port)
+
+    def _bound(self, unwrapper: Unwrapper, ip: str, port: int) -> _Binding:
+        sock = _bind(ip, port, self.timeout, self.rcvbuf, self.reuse_port)
+        return _Binding(sock, unwrapper, _address(sock))
+
+    def wake(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Wake a thread blocked on ``sock`` (bound to ``address``), if there is one."""
+        # A thread blocked on this socket would wait out its timeout (or for
+        # ever): an empty datagram from the socket to itself wakes it, and
+        # dorecv drops it.
+        with contextlib.suppress(OSError):
+            if self.reuse_port:
+                # In a SO_REUSEPORT group a datagram to the address may reach another
+                # member; shutting reading down wakes the reader (Linux) instead.
+                sock.shutdown(socket.SHUT_RD)
+            else:
+                sock.sendto(b"", _wake_address(address))
+
+
+def _drain(old: _Binding, pending: collections.deque[tuple[Unwrapper, bytes, Any]]) -> None:
+    """Queue the datagrams a replaced socket still holds, each with that socket's unwrapper."""
+    sock = old.sock
+    # Polling with the socket's timeout would make update() wait it out.
+    sock.setblocking(False)
+    try:
+        while True:
+            data, srcaddr = sock.recvfrom(_RECV_SIZE, socket.MSG_DONTWAIT)
+            if srcaddr is None or (not data and srcaddr[:2] == old.address):
+                continue
+            pending.append((old.unwrapper, data, srcaddr))
+    except OSError:
+        pass  # EAGAIN: the queue is empty
+
+
+class _GetterLog:
+    """What a getter refused or saw fail: the counts, and their rate-limited log lines.
+
+    Only refusals and failing handlers come here: the counts of every datagram
+    (``accepted``, ``received_bytes``) stay on the getter, on the receive path.
+    """
+
+    __slots__ = ("handler_errors", "limited", "rejected")
+
+    def __init__(self) -> None:
+        self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.handler_errors = 0
+        # Timed by the receive times passed in (seconds since the epoch), or the wall clock.
+        self.limited = RateLimitedLogger(
+            logger, interval=_LOG_WINDOW, burst=_LOG_BURST, clock=time.time
+        )
+
+    def count_rejection(self, reason: str) -> None:
+        """Count one datagram refused for ``reason``."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def warn_rejection(self, error: HeartbeatError, srcaddr: str, now: float) -> None:
+        """Log a refused datagram as a WARNING, rate-limited per reason."""
+        # %r keeps control characters from a hostile packet out of the log line.
+        self.limited.warning(
+            error.reason,
+            "rejected heartbeat datagram from %s: %s: %r",
+            srcaddr,
+            error.reason,
+            error.message,
+            now=now,
+        )
+
+    def handler_failed(self, where: str, heartbeat: Heartbeat) -> None:
+        """Count and log (with the traceback being handled) a handler that raised."""
+        # A handler that fails fails for every heartbeat: rate-limited, with its traceback.
+        self.handler_errors += 1
+        self.limited.error(
+            "handler_errors." + where,
+            "%s failed for amphora %s",
+            where,
+            heartbeat.amphora_id,
+            now=heartbeat.recv_time,
+            exc_info=True,
+        )
+
+    def counters(self, accepted: int, received_bytes: int) -> dict[str, int]:
+        """Return the getter's counters, given its counts of accepted datagrams and bytes."""
+        rejected = dict(self.rejected)
+        counts = {
+            "received": accepted + sum(rejected.values()),
+            "received_bytes": received_bytes,
+            "accepted": accepted,
+        }
+        for reason, count in rejected.items():
+            counts["rejected." + reason] = count
+        counts["handler_errors"] = self.handler_errors
+        return counts
+
+
 class UDPStatusGetter:
     """Receive, verify and parse amphora heartbeats on a UDP socket.
 
@@ -163,10 +291,7 @@ class UDPStatusGetter:
     ) -> None:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be None or a non-negative number of seconds")
-        self._timeout = timeout
-        self._rcvbuf = rcvbuf
-        self._reuse_port = reuse_port
-        self._max_decompressed = max_decompressed
+        self._sockets = _Sockets(timeout, rcvbuf, reuse_port, max_decompressed)
         self._limits = limits
         self._health_handler = health_handler
         self._stats_handler = stats_handler
@@ -183,15 +308,8 @@ class UDPStatusGetter:
         self._receiving = False
         self._received_bytes = 0
         self._accepted = 0
-        self._rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
-        self._handler_errors = 0
-        # Timed by the receive times passed in (seconds since the epoch), or the wall clock.
-        self._rate_limited = RateLimitedLogger(
-            logger, interval=_LOG_WINDOW, burst=_LOG_BURST, clock=time.time
-        )
-        unwrapper = Unwrapper(key, max_decompressed=max_decompressed)
-        sock = _bind(ip, port, timeout, rcvbuf, reuse_port)
-        self._binding = _Binding(sock, unwrapper, _address(sock))
+        self._log = _GetterLog()
+        self._binding = self._sockets.bind(key, ip, port)
 
     def __repr__(self) -> str:
         host, port = self._binding.address
@@ -208,7 +326,7 @@ class UDPStatusGetter:
     @property
     def timeout(self) -> float | None:
         """How long :meth:`dorecv` waits for a datagram, in seconds (None: for ever)."""
-        return self._timeout
+        return self._sockets.timeout
 
     @property
     def closed(self) -> bool:
@@ -240,55 +358,19 @@ class UDPStatusGetter:
             if self._closed:
                 raise ValueError("update() on a closed UDPStatusGetter")
             old = self._binding
-            new = self._prepare(old, key, ip, port)
-            if new.sock is old.sock:
-                self._binding = new
-                return
+            new = self._sockets.rebind(old, key, ip, port)
             self._binding = new
-            self._retire(old)
-
-    def _prepare(
-        self, old: _Binding, key: KeyRing | None, ip: str | None, port: int | None
-    ) -> _Binding:
-        """Return the binding an update asks for, binding a new socket if it needs one."""
-        if key is None:
-            unwrapper = old.unwrapper
-        else:
-            unwrapper = Unwrapper(key, max_decompressed=self._max_decompressed)
-        ip = old.address[0] if ip is None else ip
-        port = old.address[1] if port is None else port
-        if port != 0 and tuple(_resolve(ip, port)[1][:2]) == old.address:
-            return _Binding(old.sock, unwrapper, old.address)
-        sock = _bind(ip, port, self._timeout, self._rcvbuf, self._reuse_port)
-        return _Binding(sock, unwrapper, _address(sock))
+            if new.sock is not old.sock:
+                self._retire(old)
 
     def _retire(self, old: _Binding) -> None:
         """Keep what the replaced socket still holds, wake its reader, and close it."""
-        sock = old.sock
-        address = old.address
-        # Polling with the socket's timeout would make update() wait it out.
-        sock.setblocking(False)
-        try:
-            while True:
-                data, srcaddr = sock.recvfrom(_RECV_SIZE, socket.MSG_DONTWAIT)
-                if srcaddr is None or (not data and srcaddr[:2] == address):
-                    continue
-                self._pending.append((old.unwrapper, data, srcaddr))
-        except OSError:
-            pass  # EAGAIN: the queue is empty
-        self._wake_and_close(sock, address)
+        _drain(old, self._pending)
+        self._wake_and_close(old.sock, old.address)
 
     def _wake_and_close(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        # A thread blocked on this socket would wait out its timeout (or for
-        # ever): an empty datagram from the socket to itself wakes it, and
-        # dorecv drops it.  Called with the lock held.
-        with contextlib.suppress(OSError):
-            if self._reuse_port:
-                # In a SO_REUSEPORT group a datagram to the address may reach another
-                # member; shutting reading down wakes the reader (Linux) instead.
-                sock.shutdown(socket.SHUT_RD)
-            else:
-                sock.sendto(b"", _wake_address(address))
+        # Called with the lock held.
+        self._sockets.wake(sock, address)
         self._retired.append(sock)
         # dorecv sets _receiving before it reads _binding, which was swapped
         # before this point: if it is clear now, no thread can be using sock.
@@ -328,8 +410,7 @@ class UDPStatusGetter:
                 unwrapper.unwrap(data), recv_time=now, limits=self._limits
             )
         except HeartbeatError as exc:
-            reason = exc.reason
-            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._log.count_rejection(exc.reason)
             self.handle_rejection(exc, _source_ip(srcaddr), now=now)
             raise
         self._accepted += 1
@@ -395,11 +476,11 @@ class UDPStatusGetter:
         try:
             self.update_health(heartbeat, srcaddr)
         except Exception:
-            self._handler_error("update_health", heartbeat)
+            self._log.handler_failed("update_health", heartbeat)
         try:
             self.update_stats(heartbeat, srcaddr)
         except Exception:
-            self._handler_error("update_stats", heartbeat)
+            self._log.handler_failed("update_stats", heartbeat)
         return heartbeat
 
     def update_health(self, heartbeat: Heartbeat, srcaddr: str) -> None:
@@ -412,18 +493,6 @@ class UDPStatusGetter:
         if self._stats_handler is not None:
             self._stats_handler(heartbeat, srcaddr)
 
-    def _handler_error(self, where: str, heartbeat: Heartbeat) -> None:
-        # A handler that fails fails for every heartbeat: rate-limited, with its traceback.
-        self._handler_errors += 1
-        self._rate_limited.error(
-            "handler_errors." + where,
-            "%s failed for amphora %s",
-            where,
-            heartbeat.amphora_id,
-            now=heartbeat.recv_time,
-            exc_info=True,
-        )
-
     def handle_rejection(self, error: HeartbeatError, srcaddr: str, *, now: float) -> None:
         """Report a refused datagram: by default a WARNING, at most 5 per reason per 10 seconds.
 
@@ -431,15 +500,7 @@ class UDPStatusGetter:
         Override in a subclass to do something else with rejections (the
         counters are kept either way).  ``now`` is the receive time, in seconds.
         """
-        # %r keeps control characters from a hostile packet out of the log line.
-        self._rate_limited.warning(
-            error.reason,
-            "rejected heartbeat datagram from %s: %s: %r",
-            srcaddr,
-            error.reason,
-            error.message,
-            now=now,
-        )
+        self._log.warn_rejection(error, srcaddr, now)
 
     @property
     def counters(self) -> Mapping[str, int]:
@@ -449,16 +510,7 @@ class UDPStatusGetter:
         ``received_bytes`` (their payload bytes), ``accepted``, ``rejected.<reason>``
         for each reason in :data:`~amphora_heartbeat.errors.REASONS`, and ``handler_errors``.
         """
-        rejected = dict(self._rejected)
-        counts = {
-            "received": self._accepted + sum(rejected.values()),
-            "received_bytes": self._received_bytes,
-            "accepted": self._accepted,
-        }
-        for reason, count in rejected.items():
-            counts["rejected." + reason] = count
-        counts["handler_errors"] = self._handler_errors
-        return counts
+        return self._log.counters(self._accepted, self._received_bytes)
 
     # --- life cycle ----------------------------------------------------------------
 

@@ -321,28 +321,28 @@ def test_member_status_cache_is_bounded() -> None:
 
 def test_remembered_ids_are_bounded_in_count_and_length(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path's sets of checked ids never outgrow their bound nor keep long strings."""
-    from amphora_heartbeat import models
+    from amphora_heartbeat import parse
 
-    monkeypatch.setattr(models, "_KNOWN", {})
-    monkeypatch.setattr(models, "_KNOWN_IDS_SIZE", 16)
+    monkeypatch.setattr(parse, "_KNOWN", {})
+    monkeypatch.setattr(parse, "_KNOWN_IDS_SIZE", 16)
     for i in range(100):
         msg = message(3)
         msg["pools"]["p1:l1"]["members"] = {f"m{i}-{j}": "UP" for j in range(7)}
         Heartbeat.from_dict(msg)
-        known = models._KNOWN[36]
+        known = parse._KNOWN[36]
         assert len(known.ids) + len(known.keys) <= 16
-    long_id = "x" * (models._KNOWN_ID_LENGTH + 1)
+    long_id = "x" * (parse._KNOWN_ID_LENGTH + 1)
     limits = Limits(max_id_length=200)
     assert Heartbeat.from_dict(dict(message(3), id=long_id), limits=limits).amphora_id == long_id
-    assert long_id not in models._KNOWN[200].ids
+    assert long_id not in parse._KNOWN[200].ids
     for max_id in range(40, 50):  # many Limits in use: a few sets at most
         Heartbeat.from_dict(message(3), limits=Limits(max_id_length=max_id))
-    assert len(models._KNOWN) <= 4
+    assert len(parse._KNOWN) <= 4
     # A bad id is never remembered, so it is refused every time.
     for _ in range(2):
         with pytest.raises(BadIdError):
             Heartbeat.from_dict(dict(message(3), id="amp\x00"))
-    for known in models._KNOWN.values():
+    for known in parse._KNOWN.values():
         assert all(_visible_ascii_only(i) and len(i) <= known.max_id for i in known.ids)
 
 
@@ -1194,9 +1194,9 @@ def test_property_any_python_value_in_any_place_or_key(data: st.DataObject) -> N
 
 
 def _careful(d: Any, limits: Limits | None = None, recv_time: float | None = None) -> Heartbeat:
-    from amphora_heartbeat.models import _parse
+    from amphora_heartbeat.parse import parse_careful
 
-    return _parse(Heartbeat, d, recv_time, limits or Limits())
+    return parse_careful(Heartbeat, d, recv_time, limits or Limits())
 
 
 def _outcome(parse: Callable[[], Heartbeat]) -> Heartbeat | str:
@@ -1306,13 +1306,13 @@ def test_fast_and_careful_paths_agree_on_mutated_messages(data: st.DataObject) -
 @pytest.mark.parametrize("value", [-1, 1 << 31, 1 << 63, -(1 << 70)])
 def test_each_counter_is_bounded_on_the_fast_path(counter: str, value: int) -> None:
     """A negative or oversized counter anywhere is malformed, naming that counter."""
-    from amphora_heartbeat import models
+    from amphora_heartbeat import parse
 
-    for bound in (models._MAX_COUNTER, models._MAX_CONNS):
+    for bound in (parse._MAX_COUNTER, parse._MAX_CONNS):
         assert bound & (bound + 1) == 0  # all-ones masks, as the fast path's OR needs
     d = message(3)
     d["listeners"]["l1"]["stats"][counter] = value
-    limit = models._MAX_CONNS if counter == "conns" else models._MAX_COUNTER
+    limit = parse._MAX_CONNS if counter == "conns" else parse._MAX_COUNTER
     if 0 <= value <= limit:
         assert Heartbeat.from_dict(d).listeners["l1"].stats == _careful(d).listeners["l1"].stats
     else:
