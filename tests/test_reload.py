@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _pg
@@ -320,7 +320,10 @@ def test_sighup_to_a_supervisor_reloads_every_worker(tmp_path: Path) -> None:
         assert line.startswith("listening on 127.0.0.1:"), stderr.lines
         _write_conf(conf, "new-key", db, record)
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: sum("new heartbeat key" in x for x in list(stderr.lines)) == 2)
+        _wait(
+            lambda: sum("new heartbeat key" in x for x in list(stderr.lines)) == 2,
+            what=lambda: stderr.lines,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.stdout.read() if proc.stdout else ""
@@ -329,9 +332,11 @@ def test_sighup_to_a_supervisor_reloads_every_worker(tmp_path: Path) -> None:
     assert json.loads(out.strip().splitlines()[-1])["workers"] == 2
 
 
-def _wait(condition: object, timeout: float = 60.0) -> None:
+def _wait(
+    condition: object, timeout: float = 60.0, what: Callable[[], object] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in time {what()}")
         time.sleep(0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -17,6 +18,7 @@ from typing import IO
 import _pg
 import pytest
 
+from amphora_heartbeat.cli.workers import _emit, _mark
 from amphora_heartbeat.getter import UDPStatusGetter
 from amphora_heartbeat.manager.supervisor import Supervisor, sum_counters
 from amphora_heartbeat.models import ListenerStats
@@ -344,3 +346,31 @@ def test_two_workers_hold_the_storm_threshold(
         store.close()
     assert not log.exists()
     assert {a for a, s in statuses.items() if s == "FAILOVER_STOPPED"} == silent
+
+
+def test_lines_of_workers_printed_at_once_never_interleave(tmp_path: Path) -> None:
+    """Two workers' reader threads print at once: each line lands whole (a reload's two
+    lines once came out as one, and the second worker's newline alone)."""
+    path = tmp_path / "out"
+    # As sys.stderr writes: each write goes to the file at once (the lock is let go).
+    with io.TextIOWrapper(path.open("wb", buffering=0), write_through=True) as stream:
+
+        def writer(index: int) -> None:
+            for n in range(3000):
+                _emit(_mark(index, f"line {n} of worker {index}"), stream)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 * 3000
+    for line in lines:
+        head, _, rest = line.partition("] line ")
+        assert rest.endswith(f"of worker {head.removeprefix('[worker ')}"), line

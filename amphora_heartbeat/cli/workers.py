@@ -8,8 +8,9 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from ..manager.supervisor import Supervisor, reserve_port
 from ..manager.systemd import Notifier, WatchdogRelay
@@ -45,7 +46,7 @@ def supervise(
         def on_line(i: int, line: str, err: bool) -> None:
             if line.startswith("metrics on ") and not err:
                 urls[i] = line.rsplit(maxsplit=1)[-1]
-            print(_mark(i, line), file=sys.stderr if err else sys.stdout, flush=True)
+            _emit(_mark(i, line), sys.stderr if err else sys.stdout)
 
         supervisor = Supervisor(argv, args.workers, on_line=on_line)
         with (
@@ -55,6 +56,17 @@ def supervise(
             total = _run(supervisor, notifier, reserved, f"{host}:{bound}")
     print(json.dumps(total, sort_keys=True), flush=True)
     return 0
+
+
+# The workers' reader threads and the main thread print lines to the same streams.
+_OUTPUT = threading.Lock()
+
+
+def _emit(line: str, stream: TextIO) -> None:
+    """Write ``line`` whole: another thread's line never lands inside it."""
+    with _OUTPUT:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def _mark(worker: int, line: str) -> str:
@@ -89,7 +101,7 @@ def _run(
             raise OSError("the manager workers did not start (see their errors above)")
         # The workers hold the port now; this socket must not take their datagrams.
         reserved.close()
-        print(f"listening on {address}", flush=True)
+        _emit(f"listening on {address}", sys.stdout)
         notifier.ready(f"{len(supervisor.workers)} workers listening on {address}")
         return supervisor.run()
     finally:
