@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from amphora_heartbeat.bench import manager as bench_manager
+from amphora_heartbeat.bench import measure as bench_measure
 
 
 def test_a_tiny_benchmark_runs_and_reports_every_figure(
@@ -97,12 +98,12 @@ def test_a_larger_fleet_of_the_same_seed_grows_the_database(tmp_path: Path) -> N
 
     db = f"sqlite:///{tmp_path / 'grow.db'}"
     for size, held in ((3, 3), (7, 7), (5, 7)):
-        bench_manager._prepare(db, size, 0)
+        bench_measure.prepare(db, size, 0)
         store = open_store(db)
         assert store.execute("SELECT COUNT(*) FROM amphora")[0][0] == held
         store.close()
     with pytest.raises(SystemExit, match="another fleet"):
-        bench_manager._prepare(db, 9, 1)
+        bench_measure.prepare(db, 9, 1)
 
 
 class _Ended:
@@ -127,21 +128,21 @@ def test_a_fleet_generator_that_fails_or_hangs_is_one_clear_error() -> None:
     out: queue.Queue[tuple[str, object]] = queue.Queue()
     out.put(("error", "MemoryError: "))
     with pytest.raises(RuntimeError, match="the fleet generator failed: MemoryError"):
-        bench_manager._await(_Running(0), out, "ready", 60, "ready")
+        bench_measure._await(_Running(0), out, "ready", 60, "ready")
     with pytest.raises(RuntimeError, match=r"ended \(exit status -9\) before it was ready"):
-        bench_manager._await(_Ended(-9), out, "ready", 60, "ready")
+        bench_measure._await(_Ended(-9), out, "ready", 60, "ready")
     with pytest.raises(RuntimeError, match="was not ready after 0 s"):
-        bench_manager._await(_Running(0), out, "ready", 0, "ready")
+        bench_measure._await(_Running(0), out, "ready", 0, "ready")
     out.put(("ready", None))
     out.put(("done", {"sent": 1}))
-    assert bench_manager._await(_Ended(0), out, "ready", 60, "ready") is None
-    assert bench_manager._await(_Ended(0), out, "done", 60, "done") == {"sent": 1}
+    assert bench_measure._await(_Ended(0), out, "ready", 60, "ready") is None
+    assert bench_measure._await(_Ended(0), out, "done", 60, "done") == {"sent": 1}
 
 
 def test_the_generator_ready_timeout_grows_with_the_fleet() -> None:
     """A minute, plus half a millisecond an amphora and two a packet to build."""
-    assert bench_manager._ready_timeout(0, 0) == 60
-    assert bench_manager._ready_timeout(100_000, 400_000) == pytest.approx(60 + 50 + 800)
+    assert bench_measure._ready_timeout(0, 0) == 60
+    assert bench_measure._ready_timeout(100_000, 400_000) == pytest.approx(60 + 50 + 800)
 
 
 def test_a_failed_run_is_one_error_line_and_status_1(
@@ -150,7 +151,7 @@ def test_a_failed_run_is_one_error_line_and_status_1(
     """When the fleet generator fails, the benchmark says so in one line, no traceback."""
 
     def failing(*args: object, **kwargs: object) -> dict[str, object]:
-        raise bench_manager._Failure("the fleet generator was not ready after 61 s")
+        raise bench_measure.BenchFailure("the fleet generator was not ready after 61 s")
 
     monkeypatch.setattr(bench_manager, "measure", failing)
     db = f"sqlite:///{tmp_path / 'fail.db'}"
