@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import re
@@ -104,6 +105,43 @@ def test_read_views_returns_the_rules_view_of_each_amphora(store: AnyStore) -> N
         assert got.amphora_status == "ALLOCATED"
         assert got.udp_listeners_down == frozenset()
         assert got.lb_network_ip == f"192.0.2.{i}"
+
+
+def test_a_view_read_again_is_current_after_every_kind_of_change(store: AnyStore) -> None:
+    """Engines that reuse a parsed view (store.reuse) still return every change at once."""
+    (amp,) = make_fleet(1, seed=8)
+    store.add_fleet([amp])
+    ids = [amp.amphora_id]
+    first = store.read_views(ids)[amp.amphora_id].view
+    assert store.read_views(ids)[amp.amphora_id].view == first == amp.view()
+    member = amp.pools[0].members[1]
+    changes = [
+        ("UPDATE member SET operating_status = 'ERROR' WHERE id = ?", member),
+        ("UPDATE pool SET operating_status = 'DEGRADED' WHERE id = ?", amp.pools[0].pool_id),
+        ("UPDATE listener SET enabled = false WHERE id = ?", amp.listeners[0].listener_id),
+        ("UPDATE load_balancer SET enabled = false WHERE id = ?", amp.load_balancer_id),
+        (
+            "UPDATE load_balancer SET provisioning_status = 'PENDING_UPDATE' WHERE id = ?",
+            amp.load_balancer_id,
+        ),
+        ("DELETE FROM member WHERE id = ?", member),
+    ]
+    expected = copy.deepcopy(amp.view())
+    expected["pools"][amp.pools[0].pool_id]["members"][member]["operating_status"] = "ERROR"
+    steps = [copy.deepcopy(expected)]
+    expected["pools"][amp.pools[0].pool_id]["operating_status"] = "DEGRADED"
+    steps.append(copy.deepcopy(expected))
+    expected["listeners"][amp.listeners[0].listener_id]["enabled"] = False
+    steps.append(copy.deepcopy(expected))
+    expected["enabled"] = False
+    steps.append(copy.deepcopy(expected))
+    expected["provisioning_status"] = "PENDING_UPDATE"
+    steps.append(copy.deepcopy(expected))
+    del expected["pools"][amp.pools[0].pool_id]["members"][member]
+    steps.append(copy.deepcopy(expected))
+    for (statement, key), want in zip(changes, steps, strict=True):
+        store.execute(statement, [key])
+        assert store.read_views(ids)[amp.amphora_id].view == want, statement
 
 
 def test_read_views_leaves_out_unknown_and_deleted_amphorae(store: AnyStore) -> None:

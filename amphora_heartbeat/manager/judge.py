@@ -75,8 +75,13 @@ class ViewCache:
         """Return the rules' view of ``sv``, reusing the last one built if nothing changed."""
         cached = self._views.get(sv.load_balancer_id)
         # Comparing two small mappings costs a fraction of building and
-        # validating a view, and most load balancers do not change between ticks.
-        if cached is not None and cached[0] == sv.view and cached[1] == sv.udp_listeners_down:
+        # validating a view, and most load balancers do not change between ticks;
+        # a store that reuses its parsed views (store.reuse) hands the same object.
+        if (
+            cached is not None
+            and (cached[0] is sv.view or cached[0] == sv.view)
+            and cached[1] == sv.udp_listeners_down
+        ):
             return cached[2]
         view = LoadBalancerView.from_dict(sv.view, udp_listeners_down=sv.udp_listeners_down)
         if len(self._views) >= self.size:

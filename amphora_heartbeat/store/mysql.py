@@ -31,6 +31,7 @@ from .base import (
     TickWrite,
     stats_rows,
 )
+from .reuse import ParsedViews
 from .url import DatabaseURL, parse_url
 
 __all__ = ["DRIVERS", "MYSQL_DDL", "MySQLStore", "connect_args"]
@@ -222,10 +223,23 @@ MYSQL_DDL: dict[str, tuple[str, ...]] = {
 }
 
 
-def _view(row: Sequence[Any]) -> StoredView:
+def _view(row: Sequence[Any], views: ParsedViews) -> StoredView:
     """Return the :class:`StoredView` of one row of the JSON view statement."""
-    amp, status, lb_id, ip, enabled, provisioning, operating, listeners, pools, down = row[:10]
-    boot, seq, seen = row[10:]
+    amp, status, lb_id, ip = row[:4]
+    down, boot, seq, seen = row[9:]
+    # The load balancer's columns and its listeners' and pools' JSON texts.
+    texts = tuple(row[4:9])
+    view = views.reuse(lb_id, texts)
+    if view is None:
+        view = views.keep(lb_id, texts, _parse_view(lb_id, texts))
+    udp_down = frozenset(json.loads(down)) if down is not None else frozenset()
+    state = None if seq is None else (int(boot), int(seq), int(seen))
+    return StoredView(amp, status, lb_id, view, udp_down, ip, state)
+
+
+def _parse_view(lb_id: str, texts: tuple[Any, ...]) -> dict[str, Any]:
+    """Return the rules' view mapping of one load balancer from its row's values."""
+    enabled, provisioning, operating, listeners, pools = texts
     view: dict[str, Any] = {
         "id": lb_id,
         "enabled": bool(enabled),
@@ -245,9 +259,7 @@ def _view(row: Sequence[Any]) -> StoredView:
             }
             for pid, (o, ms) in json.loads(pools).items()
         }
-    udp_down = frozenset(json.loads(down)) if down is not None else frozenset()
-    state = None if seq is None else (int(boot), int(seq), int(seen))
-    return StoredView(amp, status, lb_id, view, udp_down, ip, state)
+    return view
 
 
 def _import_driver(name: str | None) -> tuple[str, Any]:
@@ -337,6 +349,7 @@ class MySQLStore(SQLStore):
         self.driver, self._driver = _import_driver(parsed.driver)
         self._args = connect_args(parsed, connect_timeout, timeout)
         self._conn: Any = None
+        self._views = ParsedViews()
 
     # --- engine hooks ------------------------------------------------------------------
     def _sql(self, statement: str) -> str:
@@ -436,14 +449,16 @@ class MySQLStore(SQLStore):
         """Return the view of every live amphora among ``amphora_ids``, in one statement.
 
         The same result as the portable statement, with each amphora's
-        listeners and pools built by the server as JSON.
+        listeners and pools built by the server as JSON, parsed only when the
+        load balancer's row differs from the last read (:mod:`.reuse`).
         """
         if not amphora_ids:
             return {}
         with self._reading() as cur:
             cur.execute(_MYSQL_VIEW_SQL, (tuple(dict.fromkeys(amphora_ids)),))
             rows = cur.fetchall()
-        return {row[0]: _view(row) for row in rows}
+        views = self._views
+        return {row[0]: _view(row, views) for row in rows}
 
     def _write_health(self, cur: Any, health: Sequence[tuple[str, float]], ahead: Any) -> int:
         # DATETIME keeps whole seconds: round up, so that the stored time is

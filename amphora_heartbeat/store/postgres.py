@@ -29,6 +29,7 @@ from .base import (
     TickWrite,
     stats_rows,
 )
+from .reuse import ParsedViews
 
 __all__ = ["PostgresStore"]
 
@@ -49,7 +50,7 @@ _PG_VIEW_SQL = (
     "'operating_status', p.operating_status, 'members', (SELECT coalesce(json_object_agg("
     "m.id, json_build_object('operating_status', m.operating_status)), '{}'::json)"
     " FROM member m WHERE m.pool_id = p.id)))"
-    " FROM pool p WHERE p.load_balancer_id = lb.id))),"
+    " FROM pool p WHERE p.load_balancer_id = lb.id)))::text,"
     " (SELECT json_agg(l.id) FROM listener l WHERE l.load_balancer_id = lb.id"
     " AND l.protocol = 'UDP' AND NOT EXISTS (SELECT 1 FROM pool p JOIN member m"
     " ON m.pool_id = p.id WHERE p.id = l.default_pool_id AND p.load_balancer_id = lb.id"
@@ -105,6 +106,7 @@ class PostgresStore(SQLStore):
         self._connect_timeout = connect_timeout
         self._conn: Any = None
         self._statements: dict[str, str] = {}
+        self._views = ParsedViews()
 
     def _sql(self, statement: str) -> str:
         converted = self._statements.get(statement)
@@ -217,25 +219,23 @@ class PostgresStore(SQLStore):
     def read_views(self, amphora_ids: Collection[str]) -> dict[str, StoredView]:
         """Return the view of every live amphora among ``amphora_ids``, in one statement.
 
-        The same result as the portable statement, built by the server as JSON.
+        The same result as the portable statement, built by the server as JSON
+        text, parsed only when it differs from the last read (:mod:`.reuse`).
         """
         if not amphora_ids:
             return {}
         with self._reading() as cur:
             cur.execute(_PG_VIEW_SQL, (list(dict.fromkeys(amphora_ids)),))
             rows = cur.fetchall()
-        return {
-            amp: StoredView(
-                amp,
-                status,
-                lb_id,
-                view,
-                frozenset(down or ()),
-                ip,
-                None if seq is None else (boot, seq, seen),
-            )
-            for amp, status, lb_id, ip, boot, seq, seen, view, down in rows
-        }
+        views = self._views
+        out = {}
+        for amp, status, lb_id, ip, boot, seq, seen, text, down in rows:
+            view = views.reuse(lb_id, text)
+            if view is None:
+                view = views.keep(lb_id, text, json.loads(text))
+            state = None if seq is None else (boot, seq, seen)
+            out[amp] = StoredView(amp, status, lb_id, view, frozenset(down or ()), ip, state)
+        return out
 
     def write_tick(self, write: TickWrite) -> int:
         """Write one tick in one transaction (see :meth:`SQLiteStore.write_tick`).
