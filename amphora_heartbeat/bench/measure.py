@@ -14,6 +14,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ import attrs
 from ..fleet import plan_variants, run_fleet
 from ..getter import UDPStatusGetter
 from ..manager import DelayHistogram, HealthManager, tune_gc
+from ..manager.peers import PeerBoard
 from ..manager.supervisor import reserve_port, sum_counters
 from ..store import open_store
 from ..testing import make_fleet
@@ -137,6 +140,9 @@ class _Settings:
     port: int
     heartbeat_timeout: float
     tick: float
+    #: The workers' shared board (manager.peers) and how many share it.
+    board: str
+    workers: int
 
 
 @attrs.frozen
@@ -152,7 +158,7 @@ class _Snapshot:
     failovers: list[float]
 
 
-def _worker(settings: _Settings, conn: Any) -> None:
+def _worker(settings: _Settings, index: int, conn: Any) -> None:
     """Run one manager (a worker process of the benchmark), driven over ``conn``.
 
     Commands: ``snapshot`` (answered with a :class:`_Snapshot`), ``drain`` (wait
@@ -171,6 +177,7 @@ def _worker(settings: _Settings, conn: Any) -> None:
         health_check_interval=1.0,
         failover=lambda amphora_id: failovers.append(time.time()),
         tick=settings.tick,
+        peers=PeerBoard(settings.board, index, settings.workers),
     )
 
     def snapshot() -> _Snapshot:
@@ -223,16 +230,20 @@ class _Workers:
         self.procs: list[Any] = []
         with reserve_port("127.0.0.1", 0) as reserved:
             self.port = reserved.getsockname()[1]
-            settings = _Settings(db, self.port, heartbeat_timeout, tick)
-            for _ in range(n):
+            self._board = tempfile.mkdtemp(prefix="bench-peers-")
+            board = os.path.join(self._board, "board")
+            PeerBoard.create(board, n)
+            settings = _Settings(db, self.port, heartbeat_timeout, tick, board, n)
+            for i in range(n):
                 mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(settings, theirs), daemon=True)
+                proc = ctx.Process(target=_worker, args=(settings, i, theirs), daemon=True)
                 proc.start()
                 self.pipes.append(mine)
                 self.procs.append(proc)
             for pipe in self.pipes:
                 if not pipe.poll(120) or pipe.recv() != "ready":
                     self.kill()
+                    self.close()
                     raise BenchFailure("a manager worker did not start")
 
     def ask(self, command: str) -> _Snapshot:
@@ -260,6 +271,10 @@ class _Workers:
         for proc in self.procs:
             if proc.is_alive():
                 proc.terminate()
+
+    def close(self) -> None:
+        """Delete the workers' shared board (after they stopped)."""
+        shutil.rmtree(self._board, ignore_errors=True)
 
 
 def measure(
@@ -313,6 +328,7 @@ def measure(
         end = pool.stop()
     finally:
         pool.kill()
+        pool.close()
         if sender.is_alive():
             sender.terminate()
     result = _figures(

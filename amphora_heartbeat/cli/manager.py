@@ -28,6 +28,7 @@ from ..manager import (
     load_config,
     tune_gc,
 )
+from ..manager.peers import PeerBoard
 from ..manager.systemd import Notifier, status_line
 from ..options import OptionError, format_address, parse_address, parse_count
 from ..store import Store, StoreError
@@ -346,6 +347,7 @@ def _run(
         failover_timeout=config.failover_timeout,
         tick=args.tick,
         check_source=args.check_source,
+        peers=PeerBoard.from_environ(os.environ),
     )
     reloader = Reloader(lambda: build_config(args), config, manager, getter)
     try:

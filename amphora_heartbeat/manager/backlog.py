@@ -130,6 +130,15 @@ class Backlog:
         self._trimmed += len(entries)
         self._removed += _weight(entries)
 
+    def oldest(self) -> float | None:
+        """Return the receive time of the oldest heartbeat waiting, or None if none waits."""
+        for entries in (self._held, self.queue):
+            try:
+                return entries[0][0].recv_time
+            except IndexError:  # empty (the receiver may take the queue's last meanwhile)
+                continue
+        return None
+
     def pending_since(self, cutoff: float) -> set[str]:
         """Return the amphorae with a heartbeat waiting that was received at or after ``cutoff``."""
         return {

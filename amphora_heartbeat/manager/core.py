@@ -46,6 +46,7 @@ from .backlog import Backlog, Receiver, drain
 from .failover import Failover, FailoverRunner
 from .judge import ViewCache
 from .losses import getter_fd
+from .peers import PeerBoard
 from .stale import StaleCheck
 from .tally import Tally
 from .tick import Ticker, TickReport, waiting
@@ -93,9 +94,8 @@ def tune_gc() -> None:
 class HealthManager:
     """Turn received heartbeats into batched database writes, and stale amphorae into failovers.
 
-    :param getter: a :class:`~amphora_heartbeat.getter.UDPStatusGetter` (anything
-        with ``dorecv()``, ``fileno()`` and ``counters``), or None to feed
-        heartbeats with :meth:`submit` only.
+    :param getter: a :class:`~amphora_heartbeat.getter.UDPStatusGetter` (anything with
+        ``dorecv()``, ``fileno()`` and ``counters``), or None: :meth:`submit` only.
     :param store: where views are read and decisions written.
     :param heartbeat_interval: Octavia's option of that name, in seconds (for the
         rules; a heartbeat judged at its receive time is never late here).
@@ -124,12 +124,12 @@ class HealthManager:
     :param max_heartbeat_items: the largest heartbeat accepted, in items (bigger:
         counted ``oversized_heartbeats``); the default is above any heartbeat of
         UUID-named members within the 1 MiB decompressed limit (about 24,000).
-    :param started: the start of the start-up grace, seconds since the epoch;
-        None: the first :meth:`step`'s ``now``.
+    :param started: the start of the start-up grace (epoch seconds); None: the first step.
     :param clock: the wall clock :meth:`run` and commit times use.
     :param check_source: write nothing for (and count ``source_mismatch``) a heartbeat
         not sent from its amphora's ``lb_network_ip`` when that is set.  Octavia
         does not check; recommended where amphorae share one key.
+    :param peers: the board of the workers on this address (:mod:`.peers`), or None.
     """
 
     def __init__(
@@ -152,6 +152,7 @@ class HealthManager:
         started: float | None = None,
         clock: Callable[[], float] = time.time,
         check_source: bool = False,
+        peers: PeerBoard | None = None,
     ) -> None:
         _check_timings(
             heartbeat_timeout, health_check_interval, failover_threshold, failover_threads
@@ -170,8 +171,7 @@ class HealthManager:
         self.delays = self._tally.delays
         #: Durations of committed ticks (read, judge, write), seconds.
         self.tick_durations = self._tally.tick_durations
-        #: Called with the time at the end of each iteration of :meth:`run`'s loop
-        #: (a watchdog watches the loop that does the work, not a thread that exists).
+        #: Called with the time after each turn of :meth:`run`'s loop (a watchdog's hook).
         self.observers: list[Callable[[float], object]] = []
         self._backlog = Backlog(
             max_batch=max_batch,
@@ -190,6 +190,7 @@ class HealthManager:
             failover_threshold=failover_threshold,
             failover_lease=heartbeat_timeout + failover_timeout,
             clock=clock,
+            peers=peers,
         )
         self._stale.started = started
         self._failover_timeout = failover_timeout
@@ -287,7 +288,7 @@ class HealthManager:
         if self._ticker.backing_off(now):
             return
         try:
-            self._stale.check(now, self._backlog.pending_since)
+            self._stale.check(now, self._backlog)
         except StoreError as exc:
             self._ticker.store_failed(exc, now)
         else:

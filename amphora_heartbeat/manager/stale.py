@@ -13,12 +13,14 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..store import StaleAmphora, Store
 from ..tracker import decide
+from .backlog import Backlog
 from .failover import FailoverRunner
 from .losses import GateHolds, LossWatch
+from .peers import PeerBoard
 
 __all__ = ["StaleCheck"]
 
@@ -43,9 +45,16 @@ class StaleCheck:
         failover_threshold: int | None,
         failover_lease: float,
         clock: Callable[[], float],
+        peers: PeerBoard | None = None,
     ) -> None:
-        """Check ``store``, run failovers with ``failovers``, count into ``counts``."""
+        """Check ``store``, run failovers with ``failovers``, count into ``counts``.
+
+        ``peers``: the board shared with the other workers on the address, if any.
+        """
         self.store = store
+        self.peers = peers
+        #: The last time another worker lost heartbeats (see :mod:`.peers`), or None.
+        self.peer_lost_at: float | None = None
         self.failovers = failovers
         self.counts = counts
         self.clock = clock
@@ -88,14 +97,15 @@ class StaleCheck:
             self.paused_at = now
         self.losses.set_back(now)
 
-    def check(self, now: float, pending: Callable[[float], Collection[str]]) -> None:
-        """Run the check at ``now``; ``pending(cutoff)`` names amphorae heard but not committed.
+    def check(self, now: float, backlog: Backlog) -> None:
+        """Run the check at ``now``, counting the heartbeats ``backlog`` holds as heard.
 
         A heartbeat received and not yet written (the manager is behind) counts:
-        a slow database must not fail a live amphora over.  Raises
+        a slow database must not fail a live amphora over; nor may another
+        worker's backlog or losses (:mod:`.peers`).  Raises
         :class:`~amphora_heartbeat.store.StoreError` if the store fails.
         """
-        cutoff = now - self.heartbeat_timeout
+        cutoff = now - self.heartbeat_timeout - self._hear_peers(now, backlog.oldest())
         lease_cutoff = now - self.failover_lease
         cleared = self.store.clear_expired_claims(lease_cutoff)
         if cleared:
@@ -103,10 +113,22 @@ class StaleCheck:
             log.warning("cleared %d expired failover claims of amphorae gone", cleared)
         candidates = self.store.stale_amphorae(cutoff, lease_cutoff)
         if candidates:
-            waiting = pending(cutoff)
+            waiting = backlog.pending_since(cutoff)
             candidates = {a: s for a, s in candidates.items() if a not in waiting}
         self.found = len(candidates)
         self._judge(candidates, now, cutoff, lease_cutoff)
+
+    def _hear_peers(self, now: float, oldest: float | None) -> float:
+        """Tell the other workers how this one is doing; return the slowest one's lag.
+
+        A peer's loss holds failovers here as this worker's own would.
+        """
+        if self.peers is None:
+            return 0.0
+        self.peers.publish(now, oldest, self.losses.overloaded_at)
+        news = self.peers.read(now, stale_after=self.heartbeat_timeout)
+        self.peer_lost_at = news.lost_at
+        return news.lag
 
     def _judge(
         self,
@@ -122,7 +144,8 @@ class StaleCheck:
         random.shuffle(order)
         # Lost heartbeats pause failover as a store error does: silence proves
         # nothing for a timeout after the manager last missed something.
-        pauses = [t for t in (self.paused_at, self.losses.overloaded_at) if t is not None]
+        losses = (self.paused_at, self.losses.overloaded_at, self.peer_lost_at)
+        pauses = [t for t in losses if t is not None]
         decision = decide(
             order,
             now=now,

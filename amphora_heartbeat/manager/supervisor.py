@@ -20,14 +20,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
+from .peers import ENVIRONMENT, PeerBoard
 from .wake import WakePipe
 
 __all__ = ["Supervisor", "reserve_port", "sum_counters"]
@@ -126,6 +130,9 @@ class Supervisor:
         self._stopping = False
         self._wake = WakePipe()
         self._finished: list[dict[str, float]] = []
+        # What the workers tell each other before their stale checks (.peers).
+        self._board = tempfile.mkdtemp(prefix="amphora-heartbeat-peers-")
+        PeerBoard.create(os.path.join(self._board, "board"), workers)
 
     def start(self, timeout: float = 30.0) -> bool:
         """Start every worker; return True once all said they listen.
@@ -153,7 +160,10 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if self.on_line is not None else None,
             text=True,
-            env=self.env,
+            env={
+                **(os.environ if self.env is None else self.env),
+                ENVIRONMENT: f"{self._board}/board:{worker.index}:{len(self.workers)}",
+            },
         )
         worker.readers = [
             threading.Thread(target=self._read, args=(worker, worker.proc), daemon=True)
@@ -254,5 +264,6 @@ class Supervisor:
         return total
 
     def close(self) -> None:
-        """Release the wake-up pipe."""
+        """Release the wake-up pipe and the workers' shared board."""
         self._wake.close()
+        shutil.rmtree(self._board, ignore_errors=True)
