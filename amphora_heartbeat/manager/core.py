@@ -53,7 +53,7 @@ from .tick import Ticker, TickReport, waiting
 from .wake import WakePipe
 from .writer import BatchWriter
 
-__all__ = ["HealthManager", "TickReport", "tune_gc"]
+__all__ = ["HealthManager", "tune_gc"]
 
 log = logging.getLogger("amphora_heartbeat.manager")
 
