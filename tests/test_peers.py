@@ -8,7 +8,13 @@ import _pg
 import pytest
 
 from amphora_heartbeat.manager import HealthManager
-from amphora_heartbeat.manager.peers import ENVIRONMENT, PeerBoard, PeerNews
+from amphora_heartbeat.manager.peers import (
+    ENVIRONMENT,
+    PeerBoard,
+    PeerNews,
+    make_board,
+    remove_board,
+)
 from amphora_heartbeat.models import Heartbeat
 from amphora_heartbeat.store import PostgresStore, SQLiteStore
 from amphora_heartbeat.testing import make_fleet
@@ -74,7 +80,7 @@ def test_the_environment_names_the_board(tmp_path: Path) -> None:
     path = str(tmp_path / "board")
     PeerBoard.create(path, 2)
     assert PeerBoard.from_environ({}) is None
-    board = PeerBoard.from_environ({ENVIRONMENT: f"{path}:1:2"})
+    board = PeerBoard.from_environ({ENVIRONMENT: PeerBoard.environ_value(path, 1, 2)})
     assert board is not None
     assert (board.index, board.count) == (1, 2)
     board.close()
@@ -144,3 +150,15 @@ def test_a_worker_publishes_its_own_lag_at_each_check(
     m.step(T0)  # nothing waits
     assert boards[1].read(T0 + 1, stale_after=60) == PeerNews(pytest.approx(1), None)
     m.close()
+
+
+def test_a_board_made_in_its_own_folder_is_removed_with_it() -> None:
+    path = make_board(2)
+    board = PeerBoard(path, 0, 2)
+    board.publish(T0, oldest_pending=None, lost_at=None)
+    other = PeerBoard(path, 1, 2)
+    assert other.read(T0, stale_after=60) == PeerNews()
+    board.close()
+    other.close()
+    remove_board(path)
+    assert not Path(path).parent.exists()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +24,7 @@ import attrs
 from ..fleet import plan_variants, run_fleet
 from ..getter import UDPStatusGetter
 from ..manager import DelayHistogram, HealthManager, tune_gc
-from ..manager.peers import PeerBoard
+from ..manager.peers import PeerBoard, make_board, remove_board
 from ..manager.supervisor import reserve_port, sum_counters
 from ..store import open_store
 from ..testing import make_fleet
@@ -230,10 +228,8 @@ class _Workers:
         self.procs: list[Any] = []
         with reserve_port("127.0.0.1", 0) as reserved:
             self.port = reserved.getsockname()[1]
-            self._board = tempfile.mkdtemp(prefix="bench-peers-")
-            board = os.path.join(self._board, "board")
-            PeerBoard.create(board, n)
-            settings = _Settings(db, self.port, heartbeat_timeout, tick, board, n)
+            self._board = make_board(n)
+            settings = _Settings(db, self.port, heartbeat_timeout, tick, self._board, n)
             for i in range(n):
                 mine, theirs = ctx.Pipe()
                 proc = ctx.Process(target=_worker, args=(settings, i, theirs), daemon=True)
@@ -274,7 +270,7 @@ class _Workers:
 
     def close(self) -> None:
         """Delete the workers' shared board (after they stopped)."""
-        shutil.rmtree(self._board, ignore_errors=True)
+        remove_board(self._board)
 
 
 def measure(

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import struct
+import tempfile
+from collections.abc import Mapping
 
 import attrs
 
-__all__ = ["ENVIRONMENT", "PeerBoard", "PeerNews"]
+__all__ = ["ENVIRONMENT", "PeerBoard", "PeerNews", "make_board", "remove_board"]
 
 #: The environment variable a supervisor gives each worker: ``PATH:INDEX:COUNT``.
 ENVIRONMENT = "AMPHORA_HEARTBEAT_PEERS"
@@ -71,8 +74,13 @@ class PeerBoard:
         with open(path, "wb") as file:
             file.write(bytes(_SLOT.size * count))
 
+    @staticmethod
+    def environ_value(path: str, index: int, count: int) -> str:
+        """Return the value of :data:`ENVIRONMENT` naming slot ``index`` of board ``path``."""
+        return f"{path}:{index}:{count}"
+
     @classmethod
-    def from_environ(cls, environ: os._Environ[str] | dict[str, str]) -> PeerBoard | None:
+    def from_environ(cls, environ: Mapping[str, str]) -> PeerBoard | None:
         """Return the board :data:`ENVIRONMENT` names, or None when it is not set."""
         value = environ.get(ENVIRONMENT)
         if not value:
@@ -102,3 +110,15 @@ class PeerBoard:
     def close(self) -> None:
         """Unmap the file."""
         self._map.close()
+
+
+def make_board(count: int) -> str:
+    """Make a board for ``count`` workers in a new private folder; return its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="amphora-heartbeat-peers-"), "board")
+    PeerBoard.create(path, count)
+    return path
+
+
+def remove_board(path: str) -> None:
+    """Delete a board :func:`make_board` made, and its folder."""
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)

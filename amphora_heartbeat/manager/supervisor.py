@@ -21,17 +21,15 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
-from .peers import ENVIRONMENT, PeerBoard
+from .peers import ENVIRONMENT, PeerBoard, make_board, remove_board
 from .wake import WakePipe
 
 __all__ = ["Supervisor", "reserve_port", "sum_counters"]
@@ -131,8 +129,7 @@ class Supervisor:
         self._wake = WakePipe()
         self._finished: list[dict[str, float]] = []
         # What the workers tell each other before their stale checks (.peers).
-        self._board = tempfile.mkdtemp(prefix="amphora-heartbeat-peers-")
-        PeerBoard.create(os.path.join(self._board, "board"), workers)
+        self._board = make_board(workers)
 
     def start(self, timeout: float = 30.0) -> bool:
         """Start every worker; return True once all said they listen.
@@ -162,7 +159,7 @@ class Supervisor:
             text=True,
             env={
                 **(os.environ if self.env is None else self.env),
-                ENVIRONMENT: f"{self._board}/board:{worker.index}:{len(self.workers)}",
+                ENVIRONMENT: PeerBoard.environ_value(self._board, worker.index, len(self.workers)),
             },
         )
         worker.readers = [
@@ -266,4 +263,4 @@ class Supervisor:
     def close(self) -> None:
         """Release the wake-up pipe and the workers' shared board."""
         self._wake.close()
-        shutil.rmtree(self._board, ignore_errors=True)
+        remove_board(self._board)
